@@ -1,0 +1,1 @@
+"""The ``rest`` command line, installed as ``rest.cli``."""

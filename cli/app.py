@@ -1,0 +1,149 @@
+"""The ``rest`` command: thin Typer commands that load the recipe and call one library function each."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+app = typer.Typer(
+    help="rest-em: self-training (ReST / ReST-EM) with vLLM, verifiers, TRL and MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RecipeArg = typer.Argument(..., help="Recipe YAML file.", show_default=False)
+OverridesArg = typer.Argument(None, help="Overrides such as sampling.n=8 train.learning_rate=2e-5.")
+RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: the recipe's run.dir).")
+IterationOpt = typer.Option(..., "--iteration", "-i", help="Iteration to act on (1..N; eval also takes 0).")
+
+
+def _fail(message: str) -> None:
+    from rest.progress import console
+
+    console().print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+def _guarded(action: Callable[[], Any]) -> Any:
+    """Run ``action``; expected errors become one clear message and exit code 1, not a traceback."""
+    from rest.data import DataError
+    from rest.models import ModelNotFoundError
+    from rest.phases import PhaseFailedError
+    from rest.recipe import RecipeError
+    from rest.rundir import RunDirError
+
+    try:
+        return action()
+    except (RecipeError, RunDirError, PhaseFailedError, DataError, ModelNotFoundError) as err:
+        _fail(str(err))
+
+
+def _load(recipe: Path, overrides: Optional[List[str]]):
+    from rest.recipe import load_recipe
+
+    return _guarded(lambda: load_recipe(recipe, overrides or []))
+
+
+@app.command()
+def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg) -> None:
+    """Check a recipe (and overrides) without running anything."""
+    loaded = _load(recipe, overrides)
+    typer.echo(f"{recipe}: valid (recipe '{loaded.name}', hash {loaded.hash()})")
+
+
+@app.command()
+def run(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    run_dir: Optional[Path] = RunDirOpt,
+    allow_recipe_change: bool = typer.Option(False, help="Continue a run directory made by a different recipe."),
+) -> None:
+    """Run the whole experiment (or continue it after the last finished phase)."""
+    from rest.loop import run_loop
+
+    loaded = _load(recipe, overrides)
+    result = _guarded(lambda: run_loop(loaded, run_dir, allow_recipe_change))
+    _print_summary(result.rows)
+    typer.echo(f"run directory: {result.run_dir}  ({result.stopped_because})")
+
+
+def _phase_command(phase: str, doc: str) -> Callable[..., None]:
+    def command(
+        recipe: Path = RecipeArg,
+        overrides: Optional[List[str]] = OverridesArg,
+        iteration: int = IterationOpt,
+        run_dir: Optional[Path] = RunDirOpt,
+    ) -> None:
+        from rest.loop import run_single_phase
+
+        loaded = _load(recipe, overrides)
+        stats = _guarded(lambda: run_single_phase(loaded, phase, iteration, run_dir))
+        typer.echo(_one_line(phase, iteration, stats))
+
+    command.__doc__ = doc
+    return command
+
+
+for _name, _phase, _doc in (
+    ("sample", "sample", "E-step: sample completions for one iteration with vLLM."),
+    ("verify", "verify", "Score one iteration's samples with the outcome verifier."),
+    ("filter", "select", "Run the selection pipeline over one iteration's verified samples."),
+    ("train", "train", "M-step: fine-tune on one iteration's kept samples with TRL."),
+    ("eval", "eval", "Evaluate one iteration's policy on the held-out split (0 = base model)."),
+):
+    app.command(name=_name)(_phase_command(_phase, _doc))
+
+
+@app.command()
+def status(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Per-iteration table of a run, read from the run directory alone (no MLflow needed)."""
+    import yaml
+
+    from rest.loop import summary_rows
+    from rest.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.manifest_path.is_file():
+        _fail(f"{run_dir} is not a rest-em run directory (no manifest.json)")
+    iterations = yaml.safe_load(run.recipe_path.read_text())["loop"]["iterations"]
+    _print_summary(summary_rows(run, iterations))
+
+
+def _one_line(phase: str, iteration: int, stats: dict) -> str:
+    shown = {k: v for k, v in stats.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    return f"{phase} iteration {iteration}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in list(shown.items())[:8])
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_summary(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="rest-em iterations")
+    for column in ("iteration", "generated", "kept", "train loss", "pass@1 (held-out, greedy)"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        p = row.get("pass@1")
+        pass_at_1 = "-" if p is None else f"{p:.3f} ± {row.get('pass@1_stderr') or 0:.3f}"
+        table.add_row(
+            str(row["iteration"]),
+            "-" if row.get("generated") is None else str(row["generated"]),
+            "-" if row.get("kept") is None else str(row["kept"]),
+            "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}",
+            pass_at_1,
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

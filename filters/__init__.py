@@ -1,0 +1,1 @@
+"""Filters and verifiers of rest-em, installed as ``rest.filters``."""

@@ -1,0 +1,29 @@
+"""Selection phase: run the recipe's filter pipeline over verified samples; write verdicts and the kept set."""
+from __future__ import annotations
+
+import pandas as pd
+
+from rest.filters.pipeline import describe, run_pipeline
+from rest.filters.registry import build_filter
+from rest.recipe import Recipe
+from rest.rundir import RunDir, atomic_write_parquet
+
+
+def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
+    """Filter iteration ``iteration``; every row stays in verdicts.parquet, kept rows go to kept.parquet."""
+    verified = pd.read_parquet(run.verified(iteration))
+    filters = [(f.column, build_filter(f.name, f.options)) for f in recipe.filters]
+    table, filter_stats = run_pipeline(verified, filters, seed=recipe.seed + iteration)
+    atomic_write_parquet(table, run.verdicts(iteration))
+    kept = table[table["kept"]].reset_index(drop=True)
+    atomic_write_parquet(kept, run.kept(iteration))
+    stats = {
+        "samples": len(table),
+        "kept": len(kept),
+        "kept_fraction": len(kept) / len(table) if len(table) else 0.0,
+        "prompts_with_kept": int(kept["prompt_id"].nunique()),
+        "filters": describe(filter_stats),
+        "filter_metrics": {k: v for s in filter_stats for k, v in s.as_metrics().items()},
+    }
+    run.write_stats(iteration, "select", stats)
+    return stats

@@ -1,0 +1,117 @@
+"""The vLLM engine shared by the E-step and evaluation: construction from the recipe and batched generation."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from rest.recipe import EngineConfig
+
+# Options rest-em sets itself from EngineConfig fields; engine_kwargs may not override them silently.
+_MANAGED = {
+    "model", "dtype", "max_model_len", "enforce_eager", "gpu_memory_utilization", "tensor_parallel_size",
+    "data_parallel_size", "max_num_seqs", "seed", "tokenizer",
+}
+
+
+class EngineError(RuntimeError):
+    """The engine could not be configured or started."""
+
+
+@dataclass
+class Completion:
+    """One sampled completion of one prompt."""
+
+    sample_index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    logprobs: list[float] | None
+
+
+def engine_options(cfg: EngineConfig, model: str, seed: int) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM``; ``engine_kwargs`` are checked against vLLM's EngineArgs."""
+    options: dict[str, Any] = {
+        "model": model,
+        "dtype": cfg.dtype,
+        "max_model_len": cfg.max_model_len,
+        "enforce_eager": cfg.enforce_eager,
+        "seed": seed,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+    }
+    if cfg.data_parallel_size > 1:
+        options["data_parallel_size"] = cfg.data_parallel_size
+    if cfg.max_num_seqs is not None:
+        options["max_num_seqs"] = cfg.max_num_seqs
+    if _has_gpu():
+        options["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    overlap = sorted(_MANAGED & set(cfg.engine_kwargs))
+    if overlap:
+        raise EngineError(f"engine.engine_kwargs sets {', '.join(overlap)}: use the engine.* fields instead")
+    unknown = sorted(set(cfg.engine_kwargs) - engine_arg_names())
+    if unknown:
+        raise EngineError(f"engine.engine_kwargs has unknown vLLM engine options: {', '.join(unknown)}")
+    options.update(cfg.engine_kwargs)
+    return options
+
+
+def engine_arg_names() -> set[str]:
+    """Every option vLLM's EngineArgs accepts."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def start_engine(cfg: EngineConfig, model: str, seed: int) -> Any:
+    """A ready ``vllm.LLM``; on CPU the KV-cache size comes from the recipe."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.cpu_kvcache_gib))))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(cfg.cpu_reserved_cores))
+    options = engine_options(cfg, model, seed)
+    from vllm import LLM
+
+    try:
+        return LLM(**options)
+    except Exception as err:  # vLLM raises many types; the message plus the log above tell the user why
+        raise EngineError(f"vLLM engine failed to start for {model}: {type(err).__name__}: {err}") from err
+
+
+def stop_engine(llm: Any) -> None:
+    """Shut the engine's background processes down now (they otherwise linger, busy, after the phase)."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # best effort: the phase's process group is killed afterwards anyway
+        pass
+
+
+def generate(
+    llm: Any, prompt_token_ids: Sequence[list[int]], params: Any, lora_request: Any = None
+) -> list[list[Completion]]:
+    """Generate for all prompts in one call (vLLM schedules the batch); completions per prompt."""
+    from vllm.inputs import TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
+    outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
+    return [[_completion(i, out) for i, out in enumerate(request.outputs)] for request in outputs]
+
+
+def _completion(index: int, out: Any) -> Completion:
+    logprobs = None
+    if out.logprobs is not None:
+        logprobs = [float(step[token].logprob) for step, token in zip(out.logprobs, out.token_ids)]
+    return Completion(
+        sample_index=index,
+        text=out.text,
+        token_ids=list(out.token_ids),
+        finish_reason=str(out.finish_reason),
+        logprobs=logprobs,
+    )
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,106 @@
+"""The phases of an iteration, how each one runs (in-process or in its own process), and their prerequisites."""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from typing import Any, Callable
+
+from rest.progress import FORCE_TTY_ENV
+from rest.recipe import Recipe
+from rest.rundir import PHASES, RunDir
+
+PHASE_FUNCTIONS = {
+    "sample": "rest.sampling:sample_iteration",
+    "verify": "rest.verify:verify_iteration",
+    "select": "rest.filtering:select_iteration",
+    "train": "rest.training:train_iteration",
+    "eval": "rest.evaluation:evaluate_iteration",
+}
+# Phases that hold an engine or a model run in their own process, so their memory is gone when they end.
+ISOLATED = {"sample", "train", "eval"}
+
+
+class PhaseFailedError(RuntimeError):
+    """A phase exited with an error; the message carries the tail of its log."""
+
+
+def phase_function(phase: str) -> Callable[[Recipe, RunDir, int], dict]:
+    """The library function that implements ``phase``."""
+    module, _, name = PHASE_FUNCTIONS[phase].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def prerequisite(k: int, phase: str) -> tuple[int, str] | None:
+    """The (iteration, phase) that must be done before ``phase`` of iteration ``k`` can run."""
+    if phase == "eval" and k == 0:
+        return None
+    if phase == "sample":
+        return (k - 1, "train") if k > 1 else None
+    return k, PHASES[PHASES.index(phase) - 1]
+
+
+def check_prerequisite(run: RunDir, k: int, phase: str) -> None:
+    """Raise a clear error when the phase before ``phase`` has not finished."""
+    needed = prerequisite(k, phase)
+    if needed and not run.is_done(*needed):
+        raise PhaseFailedError(
+            f"cannot run {phase} of iteration {k}: {needed[1]} of iteration {needed[0]} has not finished "
+            f"(run `rest {needed[1]} RECIPE --iteration {needed[0]}` or `rest run RECIPE`)"
+        )
+
+
+def execute_phase(recipe: Recipe, run: RunDir, k: int, phase: str, tracker: Any = None) -> dict:
+    """Run one phase (isolated where it holds a model), record it in the manifest, log it; returns stats."""
+    check_prerequisite(run, k, phase)
+    started = time.perf_counter()
+    if phase in ISOLATED:
+        stats = run_isolated(run, k, phase)
+    else:
+        stats = phase_function(phase)(recipe, run, k)
+    run.mark_done(k, phase, time.perf_counter() - started)
+    if tracker is not None:
+        tracker.log_phase(k, phase, {**stats, "wall_s": time.perf_counter() - started})
+    return stats
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_isolated(run: RunDir, k: int, phase: str) -> dict:
+    """Run a phase in a fresh Python process, relaying its output and keeping a log; returns its stats."""
+    log_path = run.iteration(k) / "logs" / f"{phase}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{FORCE_TTY_ENV: "1" if sys.stderr.isatty() else "0"})
+    cmd = [sys.executable, "-m", "rest.worker", phase, str(run.root), str(k)]
+    tail: deque[bytes] = deque(maxlen=40)
+    with open(log_path, "ab") as log:
+        # Its own process group, so everything it started (vLLM's engine processes) goes with it.
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read1(65536):
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.buffer.flush()
+                log.write(chunk)
+                tail.extend(chunk.splitlines(keepends=True))
+            code = proc.wait()
+        finally:
+            _kill_group(proc)
+    if code != 0:
+        last = b"".join(tail).decode(errors="replace").rstrip()
+        raise PhaseFailedError(
+            f"{phase} of iteration {k} failed (exit code {code}); last lines of {log_path}:\n{last}"
+        )
+    return run.read_stats(k, phase)

@@ -1,0 +1,336 @@
+"""Recipe schema (one YAML file per experiment), strict validation and command-line overrides."""
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe (or an override) is invalid; the message names the file, the key and what is allowed."""
+
+
+class Strict(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Strict):
+    """Built-in arithmetic word problems, generated deterministically from the recipe seed."""
+
+    difficulty: Literal["easy", "medium", "hard"] = Field(
+        "easy", description="easy: one operation on small numbers; medium: two steps; hard: three or more steps."
+    )
+
+
+class DataConfig(Strict):
+    """Where prompts and gold answers come from and how they are split into train and held-out eval."""
+
+    source: Literal["synthetic", "file", "hub"] = Field(
+        "synthetic", description="synthetic: built-in generator; file: local JSONL/Parquet; hub: a datasets hub id."
+    )
+    path: str | None = Field(None, description="File path (source=file) or dataset id (source=hub).")
+    hub_config: str | None = Field(None, description="Dataset configuration name for source=hub (e.g. 'main').")
+    hub_split: str = Field("train", description="Split to read for source=hub.")
+    question_field: str = Field("question", description="Field holding the problem text.")
+    answer_field: str = Field("answer", description="Field holding the reference answer or worked solution.")
+    id_field: str | None = Field(None, description="Field with a stable id; default: a hash of the question.")
+    answer_format: Literal["gsm8k", "raw"] = Field(
+        "gsm8k", description="gsm8k: the gold answer is the text after '####'; raw: the whole field is the answer."
+    )
+    train_size: int | None = Field(None, ge=1, description="Training prompts to use (None = all that remain).")
+    eval_size: int = Field(32, ge=1, description="Held-out prompts for evaluation; never trained on.")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Generator settings.")
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> "DataConfig":
+        if self.source in ("file", "hub") and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.source == "synthetic" and self.train_size is None:
+            raise ValueError("data.train_size is required when data.source is 'synthetic'")
+        return self
+
+
+class PromptConfig(Strict):
+    """How a problem becomes the text sent to the engine (the same text the M-step trains on)."""
+
+    system: str | None = Field(None, description="System message (chat template only); None = none.")
+    template: str = Field(
+        "{question}", description="User message; '{question}' is replaced by the problem text."
+    )
+    chat_template: bool = Field(True, description="Apply the tokenizer's chat template with a generation prompt.")
+
+
+class SamplingConfig(Strict):
+    """E-step sampling settings (vLLM SamplingParams)."""
+
+    n: int = Field(4, ge=1, description="Samples per training prompt.")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature (ReST-EM used 0.7).")
+    top_k: int = Field(40, description="Top-k (ReST-EM used 40); -1 or 0 disables it.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling probability mass.")
+    max_tokens: int = Field(256, ge=1, description="Maximum new tokens per sample.")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
+    seed: int | None = Field(
+        None, description="Engine seed; None = recipe seed + iteration, so each iteration differs reproducibly."
+    )
+    logprobs: bool = Field(False, description="Store each sampled token's logprob under the sampling policy.")
+    prompts_per_shard: int = Field(
+        256, ge=1, description="Prompts per output shard; a killed E-step resumes from the last finished shard."
+    )
+
+
+class EngineConfig(Strict):
+    """vLLM engine settings shared by sampling and evaluation."""
+
+    dtype: str = Field(
+        "auto", description="Weights/activation dtype in vLLM: auto (the model's), bfloat16, float32, ..."
+    )
+    max_model_len: int = Field(1024, ge=16, description="Context length the engine reserves per sequence.")
+    enforce_eager: bool = Field(False, description="Skip torch.compile/graph capture: faster start, slower run.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="GPU memory share for vLLM (GPU only).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica (tensor parallelism).")
+    data_parallel_size: int = Field(1, ge=1, description="Model replicas (data parallelism).")
+    max_num_seqs: int | None = Field(None, ge=1, description="Maximum sequences scheduled at once; None = vLLM default.")
+    cpu_kvcache_gib: float = Field(4.0, gt=0, description="KV-cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_reserved_cores: int = Field(
+        0, ge=0, description="CPU only: cores vLLM keeps free of compute threads (VLLM_CPU_NUM_OF_RESERVED_CPU); "
+        "vLLM reserves 1 by default, which halves throughput on a 2-core machine.",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Further vllm.LLM / EngineArgs options, checked against EngineArgs."
+    )
+
+
+class VerifierConfig(Strict):
+    """The outcome verifier that sets each sample's canonical `correct` and `reward`."""
+
+    name: str = Field("gsm8k", description="Built-in verifier name or a dotted import path.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options for the verifier.")
+
+
+class FilterConfig(Strict):
+    """One step of the selection pipeline."""
+
+    name: str = Field(description="Built-in filter name or a dotted import path.")
+    id: str | None = Field(None, description="Column prefix for this filter's verdicts; default: its name.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options for the filter.")
+
+    @property
+    def column(self) -> str:
+        """The prefix of this filter's verdict columns."""
+        return self.id or self.name.rsplit(".", 1)[-1]
+
+
+def _default_filters() -> list[FilterConfig]:
+    return [FilterConfig(name="keep_correct"), FilterConfig(name="per_prompt_cap", options={"max_per_prompt": 10})]
+
+
+class TrainConfig(Strict):
+    """M-step: supervised fine-tuning (TRL SFTTrainer) on the kept samples, loss on completions only."""
+
+    init: Literal["base", "previous"] = Field(
+        "base", description="base: every M-step starts from the base model (ReST-EM); previous: continue (ReST)."
+    )
+    epochs: float = Field(1.0, gt=0, description="Passes over the kept set.")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1 = use epochs).")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name (constant, linear, cosine, ...).")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Share of steps spent warming up.")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimiser step.")
+    max_length: int = Field(1024, ge=16, description="Longest prompt + completion in tokens; longer samples are dropped.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype the weights are loaded in for training.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    logging_steps: int = Field(1, ge=1, description="Log loss every this many steps.")
+    seed: int | None = Field(None, description="Trainer seed; None = recipe seed + iteration.")
+
+
+class EvalConfig(Strict):
+    """Evaluation on the held-out split after every iteration (iteration 0 = the base model)."""
+
+    max_tokens: int | None = Field(None, ge=1, description="Maximum new tokens; None = sampling.max_tokens.")
+
+
+class LoopConfig(Strict):
+    """How many EM iterations to run."""
+
+    iterations: int = Field(2, ge=0, description="EM iterations after the base evaluation (iteration 0).")
+
+
+class RunConfig(Strict):
+    """Where the run directory lives."""
+
+    dir: str | None = Field(None, description="Run directory; None = runs/<recipe name>.")
+
+
+class TrackingConfig(Strict):
+    """MLflow tracking."""
+
+    enabled: bool = Field(True, description="Log to MLflow.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; None = MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name; None = the recipe name.")
+
+
+class Recipe(Strict):
+    """A complete rest-em experiment."""
+
+    name: str = Field(description="Experiment name (run directory and MLflow experiment default to it).")
+    seed: int = Field(0, description="Master seed: data split, engine seeds and trainer seeds derive from it.")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Base model: a built-in name, a local model directory or a hub id."
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="Prompts and gold answers.")
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="Prompt formatting.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="E-step sampling.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine.")
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig, description="Outcome verifier.")
+    filters: list[FilterConfig] = Field(default_factory=_default_filters, description="Selection pipeline, in order.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="M-step.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="Iterations.")
+    run: RunConfig = Field(default_factory=RunConfig, description="Run directory.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
+
+    @model_validator(mode="after")
+    def _distinct_filter_columns(self) -> "Recipe":
+        columns = [f.column for f in self.filters]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise ValueError(f"filters used twice need distinct 'id's: {', '.join(repeated)}")
+        return self
+
+    def run_dir(self) -> Path:
+        """The run directory this recipe writes to."""
+        return Path(self.run.dir or f"runs/{self.name}")
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML (what the run directory and MLflow record)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def hash(self) -> str:
+        """A stable hash of the resolved recipe (independent of key order and formatting)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file; raises RecipeError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(raw).__name__}")
+    if not overrides:
+        return validate_recipe(raw, source=str(path))
+    # Overrides apply to the recipe with its defaults filled in, so `filters.1.options.x=...` works on
+    # a default list too; the result is validated exactly like a file.
+    full = validate_recipe(raw, source=str(path)).model_dump(mode="json")
+    for override in overrides:
+        apply_override(full, override, source=str(path))
+    return validate_recipe(full, source=f"{path} with overrides {' '.join(overrides)}")
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping; raises RecipeError with readable messages."""
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(_explain(err, source)) from None
+    from rest.filters.registry import check_recipe_components
+
+    try:
+        check_recipe_components(recipe)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{source}: {err}") from None
+    return recipe
+
+
+def apply_override(raw: dict[str, Any], override: str, source: str = "<recipe>") -> None:
+    """Apply one ``key.path=value`` override (value parsed as YAML) to a raw recipe mapping."""
+    if "=" not in override:
+        raise RecipeError(f"override {override!r}: expected key.path=value")
+    key_path, value_text = override.split("=", 1)
+    keys = key_path.strip().split(".")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override {override!r}: value is not valid YAML: {err}") from err
+    node: Any = raw
+    for depth, key in enumerate(keys[:-1]):
+        node = _step_into(node, key, keys[: depth + 1], override)
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, override)] = value
+    else:
+        node[last] = value
+
+
+def _step_into(node: Any, key: str, walked: list[str], override: str) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, key, override)]
+    if not isinstance(node, dict):
+        raise RecipeError(f"override {override!r}: '{'.'.join(walked[:-1])}' is not a mapping")
+    child = node.get(key)
+    if child is None:
+        child = node[key] = {}
+    return child
+
+
+def _list_index(node: list, key: str, override: str) -> int:
+    if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
+        raise RecipeError(f"override {override!r}: '{key}' is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid recipe"]
+    for problem in err.errors():
+        loc = [str(part) for part in problem["loc"]]
+        where = ".".join(loc) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            valid = ", ".join(sorted(_fields_at(Recipe, problem["loc"][:-1])))
+            lines.append(f"  unknown key '{where}'; valid keys here: {valid}")
+        elif problem["type"] == "missing":
+            lines.append(f"  missing required key '{where}'")
+        else:
+            lines.append(f"  {where}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the section a validation error location points into."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside an annotation such as ``list[FilterConfig]`` or ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, (types.UnionType, typing._GenericAlias)) or typing.get_origin(annotation):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,137 @@
+"""E-step: sample n completions per training prompt from the current policy with vLLM, shard by shard."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from rest.data import load_splits
+from rest.generation import generate, start_engine, stop_engine
+from rest.models import resolve_model
+from rest.progress import phase_progress
+from rest.prompts import encode_prompt, render_prompt
+from rest.recipe import Recipe
+from rest.rundir import RunDir, atomic_write_parquet
+
+
+class SamplingError(RuntimeError):
+    """The E-step cannot run as configured (no prompts, prompt longer than the context, ...)."""
+
+
+def policy_after(recipe: Recipe, run: RunDir, iteration: int) -> str:
+    """The policy produced by ``iteration`` (0 = the base model); what iteration + 1 samples from."""
+    if iteration == 0:
+        return resolve_model(recipe.model)
+    model = run.model(iteration)
+    if not (model / "config.json").is_file():
+        raise SamplingError(f"iteration {iteration} has no trained model at {model}; run its M-step first")
+    return str(model)
+
+
+def shard_path(run: RunDir, iteration: int, shard: int) -> Path:
+    """Path of one E-step shard."""
+    return run.samples_dir(iteration) / f"shard-{shard:05d}.parquet"
+
+
+def build_prompts(recipe: Recipe, problems: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Add the exact prompt text and token ids the engine will see; check they fit the context."""
+    from transformers import AutoTokenizer
+
+    if problems.empty:
+        raise SamplingError("the prompt set is empty: check data.* in the recipe")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    table = problems.copy()
+    table["prompt_text"] = [render_prompt(tokenizer, recipe.prompt, q) for q in table["question"]]
+    table["prompt_token_ids"] = [encode_prompt(tokenizer, t) for t in table["prompt_text"]]
+    longest = max(len(ids) for ids in table["prompt_token_ids"])
+    if longest + 1 > recipe.engine.max_model_len:
+        raise SamplingError(
+            f"a prompt has {longest} tokens but engine.max_model_len is {recipe.engine.max_model_len}; "
+            "raise engine.max_model_len or shorten the prompt template"
+        )
+    return table
+
+
+def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
+    """Run (or resume) the E-step of ``iteration``; returns its stats (also written to the run dir)."""
+    from vllm import SamplingParams
+
+    policy = policy_after(recipe, run, iteration - 1)
+    prompts = build_prompts(recipe, load_splits(recipe).train, policy)
+    cfg = recipe.sampling
+    shards = [prompts.iloc[i : i + cfg.prompts_per_shard] for i in range(0, len(prompts), cfg.prompts_per_shard)]
+    todo = [i for i in range(len(shards)) if not shard_path(run, iteration, i).is_file()]
+    seed = cfg.seed if cfg.seed is not None else recipe.seed + iteration
+    stats = {"prompts": len(prompts), "shards": len(shards), "shards_resumed": len(shards) - len(todo)}
+    if todo:
+        started = time.perf_counter()
+        llm = start_engine(recipe.engine, policy, seed)
+        stats["engine_start_s"] = time.perf_counter() - started
+        params = SamplingParams(
+            n=cfg.n, temperature=cfg.temperature, top_k=cfg.top_k if cfg.top_k > 0 else -1, top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens, stop=cfg.stop or None, logprobs=0 if cfg.logprobs else None,
+        )
+        gen_started = time.perf_counter()
+        try:
+            with phase_progress(f"E-step iter {iteration}", total=sum(len(shards[i]) for i in todo)) as bar:
+                for i in todo:
+                    frame = _sample_shard(llm, params, shards[i], iteration, policy)
+                    atomic_write_parquet(frame, shard_path(run, iteration, i))
+                    bar.advance(len(shards[i]), samples=len(frame), tokens=int(frame["completion_tokens"].sum()))
+        finally:
+            stop_engine(llm)
+        stats["generate_s"] = time.perf_counter() - gen_started
+    samples = read_samples(run, iteration)
+    stats.update(summarise(samples, cfg.n))
+    if "generate_s" in stats:
+        stats["tokens_per_s"] = stats["generated_tokens"] / max(stats["generate_s"], 1e-9)
+    run.write_stats(iteration, "sample", stats)
+    return stats
+
+
+def _sample_shard(llm, params, shard: pd.DataFrame, iteration: int, policy: str) -> pd.DataFrame:
+    completions = generate(llm, list(shard["prompt_token_ids"]), params)
+    rows = []
+    for problem, outs in zip(shard.itertuples(index=False), completions):
+        for out in outs:
+            rows.append({
+                "prompt_id": problem.prompt_id,
+                "sample_index": out.sample_index,
+                "iteration": iteration,
+                "policy": policy,
+                "question": problem.question,
+                "prompt_text": problem.prompt_text,
+                "prompt_token_ids": list(problem.prompt_token_ids),
+                "completion_token_ids": out.token_ids,
+                "completion": out.text,
+                "finish_reason": out.finish_reason,
+                "truncated": out.finish_reason == "length",
+                "logprobs": out.logprobs,
+                "completion_tokens": len(out.token_ids),
+                "gold": str(problem.gold),
+            })
+    return pd.DataFrame(rows)
+
+
+def read_samples(run: RunDir, iteration: int) -> pd.DataFrame:
+    """All finished shards of an iteration, in shard order."""
+    paths = sorted(run.samples_dir(iteration).glob("shard-*.parquet"))
+    if not paths:
+        raise SamplingError(f"iteration {iteration} has no E-step samples in {run.samples_dir(iteration)}")
+    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+
+
+def summarise(samples: pd.DataFrame, n: int) -> dict:
+    """Counts that must agree with each other: samples = prompts x n, unique keys, tokens, truncation."""
+    keys = samples[["iteration", "prompt_id", "sample_index"]]
+    per_prompt = samples.groupby("prompt_id").size()
+    return {
+        "samples": len(samples),
+        "unique_samples": int(len(keys.drop_duplicates())),
+        "prompts_sampled": int(per_prompt.size),
+        "prompts_with_n_samples": int((per_prompt == n).sum()),
+        "prompt_tokens": int(samples["prompt_token_ids"].map(len).sum()),
+        "generated_tokens": int(samples["completion_tokens"].sum()),
+        "truncation_rate": float(samples["truncated"].mean()),
+    }

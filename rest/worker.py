@@ -1,0 +1,30 @@
+"""Entry point of a phase's own process: ``python -m rest.worker PHASE RUN_DIR ITERATION``."""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    """Load the run directory's recipe and run one phase; known errors print one clear line."""
+    from rest.data import DataError
+    from rest.generation import EngineError
+    from rest.models import ModelNotFoundError
+    from rest.phases import phase_function
+    from rest.recipe import load_recipe
+    from rest.rundir import RunDir
+    from rest.sampling import SamplingError
+    from rest.training import NoKeptSamplesError
+
+    phase, root, iteration = argv[0], argv[1], int(argv[2])
+    run = RunDir(root)
+    recipe = load_recipe(run.recipe_path)
+    try:
+        phase_function(phase)(recipe, run, iteration)
+    except (DataError, EngineError, ModelNotFoundError, SamplingError, NoKeptSamplesError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # vLLM spawns its engine process and needs this guard
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,75 @@
+"""Prompt data: the built-in generator, GSM8K-style files, field mapping and the held-out split."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from rest.data import DataError, gsm8k_gold, load_splits, question_id
+from rest.recipe import validate_recipe
+from rest.synthetic import generate_problems
+
+
+def test_generator_is_deterministic_and_difficulty_changes_problems():
+    a = generate_problems(20, "easy", seed=3)
+    assert a == generate_problems(20, "easy", seed=3)
+    assert a != generate_problems(20, "easy", seed=4)
+    assert len({p["question"] for p in a}) == 20
+    hard = generate_problems(20, "hard", seed=3)
+    for problem in a + hard + generate_problems(20, "medium", seed=3):
+        assert problem["answer"].rsplit("####", 1)[1].strip().lstrip("-").isdigit()
+    assert all(len(p["answer"].splitlines()) == 4 for p in hard), "hard problems take three steps"
+
+
+def test_generated_answers_are_right():
+    for p in generate_problems(50, "medium", seed=0):
+        steps = p["answer"].splitlines()[:-1]
+        for step in steps:
+            left, right = step.split("=")
+            assert eval(left) == int(right)  # the worked steps are real arithmetic
+
+
+def test_gsm8k_gold_takes_the_text_after_the_last_marker():
+    assert gsm8k_gold("He has 3 + 4 = 7 apples.\n#### 7") == "7"
+    assert gsm8k_gold("#### 1,200 ") == "1,200"
+    assert gsm8k_gold("no marker") == "no marker"
+
+
+def test_synthetic_split_is_disjoint_and_sized():
+    recipe = validate_recipe({"name": "x", "data": {"train_size": 30, "eval_size": 10}})
+    splits = load_splits(recipe)
+    assert (len(splits.train), len(splits.eval)) == (30, 10)
+    assert not set(splits.train["prompt_id"]) & set(splits.eval["prompt_id"])
+    assert load_splits(recipe).eval.equals(splits.eval)
+
+
+def test_file_source_with_custom_fields(tmp_path):
+    rows = [{"q": f"What is {i} + 1?", "sol": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(12)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    recipe = validate_recipe({"name": "x", "data": {
+        "source": "file", "path": str(path), "question_field": "q", "answer_field": "sol", "eval_size": 4}})
+    splits = load_splits(recipe)
+    assert (len(splits.train), len(splits.eval)) == (8, 4)
+    row = splits.train.iloc[0]
+    assert row["gold"] == str(int(row["question"].split()[2]) + 1)
+    assert row["prompt_id"] == question_id(row["question"])
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    from_parquet = load_splits(recipe.model_copy(update={"data": recipe.data.model_copy(
+        update={"path": str(tmp_path / "d.parquet")})}))
+    assert from_parquet.eval.equals(splits.eval)
+
+
+def test_missing_field_and_missing_file_name_the_problem(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"question": "a", "answer": "#### 1"}) + "\n")
+    recipe = validate_recipe({"name": "x", "data": {"source": "file", "path": str(path), "answer_field": "sol"}})
+    with pytest.raises(DataError, match="no field 'sol'; fields present: question, answer"):
+        load_splits(recipe)
+    missing = validate_recipe({"name": "x", "data": {"source": "file", "path": str(tmp_path / "none.jsonl")}})
+    with pytest.raises(DataError, match="not found"):
+        load_splits(missing)
+    too_few = validate_recipe({"name": "x", "data": {"source": "file", "path": str(path), "eval_size": 5}})
+    with pytest.raises(DataError, match="1 distinct problems, need at least 6"):
+        load_splits(too_few)
