@@ -124,20 +124,30 @@ def _print_summary(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="rest-em iterations")
-    for column in ("iteration", "generated", "kept", "train loss", "pass@1 (held-out, greedy)"):
+    table = Table(title="rest-em iterations (held-out metrics ± standard error)")
+    sampled = sorted({k for row in rows for k in row if k.startswith(("pass@", "maj@"))
+                      and not k.endswith("_stderr") and k != "pass@1"})
+    for column in ("iteration", "generated", "kept", "train loss", "pass@1 (greedy)", *sampled, "wall s"):
         table.add_column(column, justify="right")
     for row in rows:
-        p = row.get("pass@1")
-        pass_at_1 = "-" if p is None else f"{p:.3f} ± {row.get('pass@1_stderr') or 0:.3f}"
         table.add_row(
             str(row["iteration"]),
-            "-" if row.get("generated") is None else str(row["generated"]),
-            "-" if row.get("kept") is None else str(row["kept"]),
-            "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}",
-            pass_at_1,
+            _cell(row.get("generated")),
+            _cell(row.get("kept")),
+            _cell(row.get("train_loss"), "{:.4f}"),
+            *(_metric(row, key) for key in ("pass@1", *sampled)),
+            _cell(row.get("wall_s"), "{:.0f}"),
         )
     Console().print(table)
+
+
+def _cell(value: Any, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _metric(row: dict, key: str) -> str:
+    value = row.get(key)
+    return "-" if value is None else f"{value:.3f} ± {row.get(key + '_stderr') or 0:.3f}"
 
 
 def main() -> None:

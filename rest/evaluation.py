@@ -1,4 +1,4 @@
-"""Evaluation on the held-out split: greedy pass@1 of a policy, with the recipe's verifier."""
+"""Evaluation on the held-out split: greedy pass@1, and pass@k / maj@k from sampled solutions."""
 from __future__ import annotations
 
 import time
@@ -8,6 +8,8 @@ import pandas as pd
 from rest.data import load_splits
 from rest.filters.registry import build_verifier
 from rest.generation import generate, start_engine, stop_engine
+from rest.metrics import majority_correct, mean_stderr, pass_at_k
+from rest.progress import phase_progress
 from rest.recipe import Recipe
 from rest.rundir import RunDir, atomic_write_json, atomic_write_parquet
 from rest.sampling import build_prompts, policy_after
@@ -18,35 +20,37 @@ def evaluate_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     """Evaluate the policy produced by ``iteration`` (0 = base model); writes ``iter_K/eval/``."""
     from vllm import SamplingParams
 
+    cfg = recipe.eval
     policy = policy_after(recipe, run, iteration)
     problems = build_prompts(recipe, load_splits(recipe).eval, policy)
+    max_tokens = cfg.max_tokens or recipe.sampling.max_tokens
+    stop = recipe.sampling.stop or None
+    requests = [("greedy", SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, stop=stop))]
+    if cfg.samples:
+        temperature = cfg.temperature if cfg.temperature is not None else recipe.sampling.temperature
+        requests.append(("sampled", SamplingParams(
+            n=cfg.samples, temperature=temperature, top_k=recipe.sampling.top_k if recipe.sampling.top_k > 0 else -1,
+            top_p=recipe.sampling.top_p, max_tokens=max_tokens, stop=stop)))
     started = time.perf_counter()
     llm = start_engine(recipe.engine, policy, recipe.seed)
-    engine_start = time.perf_counter() - started
-    params = SamplingParams(
-        n=1, temperature=0.0, max_tokens=recipe.eval.max_tokens or recipe.sampling.max_tokens,
-        stop=recipe.sampling.stop or None,
-    )
-    gen_started = time.perf_counter()
+    timings = {"engine_start_s": time.perf_counter() - started}
+    tables = []
     try:
-        outputs = generate(llm, list(problems["prompt_token_ids"]), params)
+        for mode, params in requests:
+            gen_started = time.perf_counter()
+            with phase_progress(f"eval iter {iteration} ({mode})", total=len(problems)) as bar:
+                outputs = generate(llm, list(problems["prompt_token_ids"]), params, bar=bar)
+            timings[f"{mode}_generate_s"] = time.perf_counter() - gen_started
+            tables.append(_table(problems, outputs, iteration, policy, mode))
     finally:
         stop_engine(llm)
-    generate_s = time.perf_counter() - gen_started
-    samples = problems.assign(
-        iteration=iteration,
-        policy=policy,
-        completion=[outs[0].text for outs in outputs],
-        completion_token_ids=[outs[0].token_ids for outs in outputs],
-        finish_reason=[outs[0].finish_reason for outs in outputs],
-    )
-    samples["truncated"] = samples["finish_reason"] == "length"
+    samples = pd.concat(tables, ignore_index=True)
     judged, data_errors = judge_frame(build_verifier(recipe.verifier.name, recipe.verifier.options), samples)
-    results = greedy_metrics(judged)
-    results.update(
-        policy=policy, data_errors=data_errors, engine_start_s=engine_start, generate_s=generate_s,
-        generated_tokens=int(judged["completion_token_ids"].map(len).sum()),
-    )
+    results = greedy_metrics(judged[judged["mode"] == "greedy"])
+    if cfg.samples:
+        results.update(sampled_metrics(judged[judged["mode"] == "sampled"], cfg.k))
+    results.update(timings, policy=policy, data_errors=data_errors,
+                   generated_tokens=int(judged["completion_token_ids"].map(len).sum()))
     out = run.eval_dir(iteration)
     atomic_write_parquet(judged, out / "samples.parquet")
     atomic_write_json(out / "results.json", results)
@@ -54,15 +58,41 @@ def evaluate_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     return results
 
 
+def _table(problems: pd.DataFrame, outputs: list, iteration: int, policy: str, mode: str) -> pd.DataFrame:
+    rows = []
+    for problem, outs in zip(problems.to_dict("records"), outputs):
+        for out in outs:
+            rows.append({**problem, "iteration": iteration, "policy": policy, "mode": mode,
+                         "sample_index": out.sample_index, "completion": out.text,
+                         "completion_token_ids": out.token_ids, "finish_reason": out.finish_reason,
+                         "truncated": out.finish_reason == "length"})
+    return pd.DataFrame(rows)
+
+
 def greedy_metrics(judged: pd.DataFrame) -> dict:
     """pass@1 (greedy) with its standard error; unjudged prompts count as not passed and are reported."""
-    passed = judged["correct"].eq(True).astype(float)
-    n = len(passed)
-    p = float(passed.mean()) if n else 0.0
+    passed = judged["correct"].eq(True).astype(float).tolist()
+    p, se = mean_stderr(passed)
     return {
-        "prompts": n,
+        "prompts": len(passed),
         "pass@1": p,
-        "pass@1_stderr": (p * (1 - p) / n) ** 0.5 if n else 0.0,
+        "pass@1_stderr": (p * (1 - p) / len(passed)) ** 0.5 if passed else 0.0,
         "unjudged": int(judged["correct"].isna().sum()),
-        "truncation_rate": float(judged["truncated"].mean()) if n else 0.0,
+        "truncation_rate": float(judged["truncated"].mean()) if len(judged) else 0.0,
     }
+
+
+def sampled_metrics(judged: pd.DataFrame, k: int) -> dict:
+    """pass@1 and pass@k (unbiased, from all n samples) and maj@k (first k samples), each with its stderr."""
+    per_prompt = {"pass@1 (sampled)": [], f"pass@{k}": [], f"maj@{k}": []}
+    for _, group in judged.sort_values("sample_index").groupby("prompt_id", sort=False):
+        n, c = len(group), int(group["correct"].eq(True).sum())
+        per_prompt["pass@1 (sampled)"].append(c / n)
+        per_prompt[f"pass@{k}"].append(pass_at_k(n, c, min(k, n)))
+        first = group.head(k)
+        per_prompt[f"maj@{k}"].append(float(majority_correct(list(first["answer"]), list(first["correct"]))))
+    metrics = {}
+    for name, values in per_prompt.items():
+        key = name.replace(" (sampled)", "_sampled")
+        metrics[key], metrics[f"{key}_stderr"] = mean_stderr(values)
+    return metrics

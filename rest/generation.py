@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Sequence
 
 from rest.recipe import EngineConfig
@@ -49,7 +51,7 @@ def engine_options(cfg: EngineConfig, model: str, seed: int) -> dict[str, Any]:
     overlap = sorted(_MANAGED & set(cfg.engine_kwargs))
     if overlap:
         raise EngineError(f"engine.engine_kwargs sets {', '.join(overlap)}: use the engine.* fields instead")
-    unknown = sorted(set(cfg.engine_kwargs) - engine_arg_names())
+    unknown = sorted(set(cfg.engine_kwargs) - engine_arg_names()) if cfg.engine_kwargs else []
     if unknown:
         raise EngineError(f"engine.engine_kwargs has unknown vLLM engine options: {', '.join(unknown)}")
     options.update(cfg.engine_kwargs)
@@ -84,14 +86,46 @@ def stop_engine(llm: Any) -> None:
         pass
 
 
+class _ProgressAdapter:
+    """The slice of tqdm's interface vLLM's offline loop uses, forwarded to a rest-em progress bar."""
+
+    def __init__(self, bar: Any, **_: Any):
+        self._bar, self._started, self.n, self.postfix = bar, time.perf_counter(), 0, ""
+
+    @property
+    def format_dict(self) -> dict[str, float]:
+        return {"elapsed": max(time.perf_counter() - self._started, 1e-9)}
+
+    def update(self, samples: int = 1) -> None:
+        """One request (prompt) finished with ``samples`` completions."""
+        self.n += samples
+        self._bar.advance(1, samples=samples)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_factory(bar: Any, *iterable: Any, **kwargs: Any) -> Any:
+    """vLLM calls its tqdm factory with an iterable while adding requests (passed through unchanged)
+    and without one for the generation loop (reported to ``bar``)."""
+    return iterable[0] if iterable else _ProgressAdapter(bar, **kwargs)
+
+
 def generate(
-    llm: Any, prompt_token_ids: Sequence[list[int]], params: Any, lora_request: Any = None
+    llm: Any, prompt_token_ids: Sequence[list[int]], params: Any, lora_request: Any = None, bar: Any = None
 ) -> list[list[Completion]]:
-    """Generate for all prompts in one call (vLLM schedules the batch); completions per prompt."""
+    """Generate for all prompts in one call (vLLM schedules the batch); completions per prompt.
+
+    With ``bar`` (a :class:`rest.progress.PhaseBar`), each finished prompt advances it as it happens.
+    """
     from vllm.inputs import TokensPrompt
 
     prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
-    outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
+    progress = partial(_progress_factory, bar) if bar is not None else False
+    outputs = llm.generate(prompts, params, use_tqdm=progress, lora_request=lora_request)
     return [[_completion(i, out) for i, out in enumerate(request.outputs)] for request in outputs]
 
 

@@ -82,6 +82,9 @@ def summary_rows(run: RunDir, iterations: int) -> list[dict[str, Any]]:
             "train_loss": train.get("train_loss"),
             "pass@1": evaluation.get("pass@1"),
             "pass@1_stderr": evaluation.get("pass@1_stderr"),
+            **{key: value for key, value in evaluation.items()
+               if key.startswith(("pass@", "maj@")) and key not in ("pass@1", "pass@1_stderr")},
+            "wall_s": sum(p.get("wall_s", 0.0) for p in run.manifest()["iterations"].get(str(k), {}).values()),
         })
     return rows
 

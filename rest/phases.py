@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
@@ -81,6 +82,8 @@ def run_isolated(run: RunDir, k: int, phase: str) -> dict:
     log_path = run.iteration(k) / "logs" / f"{phase}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{FORCE_TTY_ENV: "1" if sys.stderr.isatty() else "0"})
+    # vLLM logs hundreds of INFO lines per engine start; keep the terminal readable unless asked otherwise.
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     cmd = [sys.executable, "-m", "rest.worker", phase, str(run.root), str(k)]
     tail: deque[bytes] = deque(maxlen=40)
     with open(log_path, "ab") as log:
@@ -88,19 +91,27 @@ def run_isolated(run: RunDir, k: int, phase: str) -> dict:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+        # The relay runs beside the wait: processes the phase started keep the pipe open after it dies,
+        # so waiting for end-of-file first would hang until they are killed.
+        relay = threading.Thread(target=_relay, args=(proc.stdout, log, tail), daemon=True)
+        relay.start()
         try:
-            assert proc.stdout is not None
-            while chunk := proc.stdout.read1(65536):
-                sys.stderr.buffer.write(chunk)
-                sys.stderr.buffer.flush()
-                log.write(chunk)
-                tail.extend(chunk.splitlines(keepends=True))
             code = proc.wait()
         finally:
             _kill_group(proc)
+            relay.join(timeout=60)
     if code != 0:
         last = b"".join(tail).decode(errors="replace").rstrip()
         raise PhaseFailedError(
             f"{phase} of iteration {k} failed (exit code {code}); last lines of {log_path}:\n{last}"
         )
     return run.read_stats(k, phase)
+
+
+def _relay(stream: Any, log: Any, tail: deque) -> None:
+    """Copy a phase's output to the terminal and its log, keeping the last lines for error messages."""
+    while chunk := stream.read1(65536):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        log.write(chunk)
+        tail.extend(chunk.splitlines(keepends=True))

@@ -132,6 +132,17 @@ def _default_filters() -> list[FilterConfig]:
     return [FilterConfig(name="keep_correct"), FilterConfig(name="per_prompt_cap", options={"max_per_prompt": 10})]
 
 
+class LoraConfig(Strict):
+    """LoRA adapters (PEFT) instead of full fine-tuning; the saved policy is still a merged model."""
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the head."
+    )
+
+
 class TrainConfig(Strict):
     """M-step: supervised fine-tuning (TRL SFTTrainer) on the kept samples, loss on completions only."""
 
@@ -151,12 +162,24 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     logging_steps: int = Field(1, ge=1, description="Log loss every this many steps.")
     seed: int | None = Field(None, description="Trainer seed; None = recipe seed + iteration.")
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters (PEFT) instead of all weights.")
 
 
 class EvalConfig(Strict):
     """Evaluation on the held-out split after every iteration (iteration 0 = the base model)."""
 
     max_tokens: int | None = Field(None, ge=1, description="Maximum new tokens; None = sampling.max_tokens.")
+    samples: int = Field(
+        0, ge=0, description="Sampled solutions per held-out prompt for pass@k and maj@k; 0 = greedy pass@1 only."
+    )
+    k: int = Field(4, ge=1, description="k of pass@k and maj@k (at most `samples`).")
+    temperature: float | None = Field(None, ge=0, description="Temperature of those samples; None = sampling's.")
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> "EvalConfig":
+        if self.samples and self.k > self.samples:
+            raise ValueError(f"eval.k ({self.k}) cannot exceed eval.samples ({self.samples})")
+        return self
 
 
 class LoopConfig(Strict):

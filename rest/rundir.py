@@ -108,6 +108,10 @@ class RunDir:
         """The policy after iteration ``k``'s M-step (standalone model directory)."""
         return self.iteration(k) / "model"
 
+    def adapter(self, k: int) -> Path:
+        """The LoRA adapter of iteration ``k``'s M-step (when the recipe trains one)."""
+        return self.iteration(k) / "adapter"
+
     def eval_dir(self, k: int) -> Path:
         """Evaluation results of iteration ``k``."""
         return self.iteration(k) / "eval"

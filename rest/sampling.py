@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from rest.data import load_splits
+from rest.faults import kill_point
 from rest.generation import generate, start_engine, stop_engine
 from rest.models import resolve_model
 from rest.progress import phase_progress
@@ -76,9 +77,10 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
         try:
             with phase_progress(f"E-step iter {iteration}", total=sum(len(shards[i]) for i in todo)) as bar:
                 for i in todo:
-                    frame = _sample_shard(llm, params, shards[i], iteration, policy)
+                    frame = _sample_shard(llm, params, shards[i], iteration, policy, bar)
                     atomic_write_parquet(frame, shard_path(run, iteration, i))
-                    bar.advance(len(shards[i]), samples=len(frame), tokens=int(frame["completion_tokens"].sum()))
+                    kill_point("sample:after_shard")
+                    bar.advance(0, tokens=int(frame["completion_tokens"].sum()))
         finally:
             stop_engine(llm)
         stats["generate_s"] = time.perf_counter() - gen_started
@@ -90,8 +92,8 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     return stats
 
 
-def _sample_shard(llm, params, shard: pd.DataFrame, iteration: int, policy: str) -> pd.DataFrame:
-    completions = generate(llm, list(shard["prompt_token_ids"]), params)
+def _sample_shard(llm, params, shard: pd.DataFrame, iteration: int, policy: str, bar) -> pd.DataFrame:
+    completions = generate(llm, list(shard["prompt_token_ids"]), params, bar=bar)
     rows = []
     for problem, outs in zip(shard.itertuples(index=False), completions):
         for out in outs:

@@ -99,14 +99,17 @@ def train_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
         disable_tqdm=False,
     )
     trainer = SFTTrainer(
-        model=start_from, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer
+        model=start_from, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        peft_config=peft_config(cfg.lora),
     )
+    # What the trainer really feeds the model for the first kept sample, kept for audits and tests.
+    first = trainer.train_dataset[0]
+    audit = {"input_ids": list(first["input_ids"]), "labels": list(first.get("labels", []))}
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last_checkpoint(work_dir))
     wall = time.perf_counter() - started
-    with atomic_directory(run.model(iteration)) as staging:
-        trainer.save_model(str(staging))
-        tokenizer.save_pretrained(str(staging))
+    save_policy(trainer.model, tokenizer, run, iteration)
     for checkpoint in work_dir.glob("checkpoint-*"):  # only needed to resume; the model is now saved
         shutil.rmtree(checkpoint, ignore_errors=True)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -122,10 +125,36 @@ def train_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
         "loss_curve": losses,
         "train_wall_s": wall,
         "completion_tokens_per_s": train_tokens / max(wall, 1e-9),
-        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "trainable_params": trainable,
+        "trainer_example_0": audit,
     }
     run.write_stats(iteration, "train", stats)
     return stats
+
+
+def peft_config(lora):
+    """A PEFT LoraConfig for the recipe's ``train.lora`` (None = full fine-tuning)."""
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def save_policy(model, tokenizer, run: RunDir, iteration: int) -> None:
+    """Write ``iter_K/model`` as a standalone merged model; a LoRA adapter is also kept in ``iter_K/adapter``."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        with atomic_directory(run.adapter(iteration)) as staging:
+            model.save_pretrained(str(staging))
+        model = model.merge_and_unload()
+    with atomic_directory(run.model(iteration)) as staging:
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
 
 
 def read_loss_history(run: RunDir, iteration: int) -> list[dict]:

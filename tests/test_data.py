@@ -73,3 +73,16 @@ def test_missing_field_and_missing_file_name_the_problem(tmp_path):
     too_few = validate_recipe({"name": "x", "data": {"source": "file", "path": str(path), "eval_size": 5}})
     with pytest.raises(DataError, match="1 distinct problems, need at least 6"):
         load_splits(too_few)
+
+
+def test_hub_source_goes_through_datasets_load_dataset(tmp_path):
+    """A hub id is read with datasets.load_dataset; a local dataset folder exercises the same call offline."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    rows = [{"question": f"What is {i} + 2?", "answer": f"#### {i + 2}"} for i in range(10)]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    recipe = validate_recipe({"name": "x", "data": {"source": "hub", "path": str(folder), "eval_size": 3}})
+    splits = load_splits(recipe)
+    assert (len(splits.train), len(splits.eval)) == (7, 3)
+    assert sorted(splits.train["gold"].astype(int).tolist() + splits.eval["gold"].astype(int).tolist()) == list(
+        range(2, 12))

@@ -25,10 +25,13 @@ def tiny_run(tmp_path_factory, builtin_model):
     first = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     manifest_after_first = json.loads((work / "run" / "manifest.json").read_text())
+    logs_after_first = {str(p): p.stat().st_size for p in (work / "run").glob("iter_*/logs/*.log")}
     again = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     return {"dir": work / "run", "work": work, "env": env, "first": first, "again": again,
-            "manifest_after_first": manifest_after_first, "base": builtin_model}
+            "manifest_after_first": manifest_after_first, "base": builtin_model,
+            "logs_after_first": logs_after_first,
+            "logs_after_again": {str(p): p.stat().st_size for p in (work / "run").glob("iter_*/logs/*.log")}}
 
 
 def stats(run: Path, k: int, phase: str) -> dict:
@@ -96,14 +99,36 @@ def test_training_logged_a_loss_and_changed_the_weights(tiny_run):
     assert len(changed) > len(base) // 2, "most weight tensors must have moved"
 
 
+def test_trainer_sees_prompt_plus_completion_exactly_as_sampled(tiny_run):
+    run = tiny_run["dir"]
+    first = pd.read_parquet(run / "iter_001" / "kept.parquet").iloc[0]
+    prompt, completion = list(first["prompt_token_ids"]), list(first["completion_token_ids"])
+    seen = stats(run, 1, "train")["trainer_example_0"]
+    eos = 2  # SmolLM2's <|im_end|>; the sampler returns it when the completion ended on it
+    assert first["finish_reason"] != "stop" or completion[-1] == eos
+    assert seen["input_ids"] == prompt + completion
+    assert seen["labels"] == [-100] * len(prompt) + completion, "loss on completion tokens only"
+
+
 def test_evaluation_of_base_and_trained_policy(tiny_run):
+    from rest.metrics import majority_correct, pass_at_k
+
     run = tiny_run["dir"]
     for k in (0, 1):
         results = json.loads((run / f"iter_{k:03d}" / "eval" / "results.json").read_text())
         assert results["prompts"] == 8
-        assert 0.0 <= results["pass@1"] <= 1.0
         samples = pd.read_parquet(run / f"iter_{k:03d}" / "eval" / "samples.parquet")
-        assert results["pass@1"] == pytest.approx(samples["correct"].eq(True).mean())
+        greedy, sampled = samples[samples["mode"] == "greedy"], samples[samples["mode"] == "sampled"]
+        assert (len(greedy), len(sampled)) == (8, 32)
+        assert results["pass@1"] == pytest.approx(greedy["correct"].eq(True).mean())
+        groups = [g for _, g in sampled.groupby("prompt_id")]
+        expected_pass4 = sum(pass_at_k(4, int(g["correct"].eq(True).sum()), 4) for g in groups) / 8
+        expected_maj4 = sum(majority_correct(list(g["answer"]), list(g["correct"])) for g in groups) / 8
+        assert results["pass@4"] == pytest.approx(expected_pass4)
+        assert results["maj@4"] == pytest.approx(expected_maj4)
+        assert results["pass@1_sampled"] == pytest.approx(sampled["correct"].eq(True).mean())
+        assert results["maj@4"] <= results["pass@4"] and results["pass@1_sampled"] <= results["pass@4"]
+        assert results["pass@4_stderr"] >= 0
     assert json.loads((run / "iter_001" / "eval" / "results.json").read_text())["policy"].endswith("iter_001/model")
 
 
@@ -140,7 +165,8 @@ def test_mlflow_run_tree(tiny_run):
 def test_rerun_resumes_without_redoing_work_and_prints_the_table(tiny_run):
     manifest = json.loads((tiny_run["dir"] / "manifest.json").read_text())
     assert manifest["iterations"] == tiny_run["manifest_after_first"]["iterations"]
-    assert "Initializing a V1 LLM engine" not in tiny_run["again"].stderr, "nothing was left to sample"
+    assert tiny_run["logs_after_first"], "isolated phases write logs"
+    assert tiny_run["logs_after_again"] == tiny_run["logs_after_first"], "the rerun started no phase"
     for out in (tiny_run["first"].stdout, tiny_run["again"].stdout):
         assert "rest-em iterations" in out and "pass@1" in out
     status = subprocess.run([sys.executable, "-m", "rest.cli.app", "status", str(tiny_run["dir"])],

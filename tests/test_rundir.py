@@ -1,0 +1,87 @@
+"""Run directory: atomic outputs, the manifest, recipe-change detection and the lock."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+import pandas as pd
+import pytest
+
+from rest.loop import run_loop
+from rest.phases import PhaseFailedError, check_prerequisite, prerequisite
+from rest.recipe import validate_recipe
+from rest.rundir import RunDir, RunDirError, atomic_directory, atomic_write_parquet, file_lock
+
+
+def recipe(**data):
+    return validate_recipe({"name": "x", "data": {"train_size": 4}, "tracking": {"enabled": False}, **data})
+
+
+def test_manifest_records_phases_and_survives_reload(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.initialise(recipe())
+    assert not run.is_done(1, "sample")
+    run.mark_done(1, "sample", wall_s=1.5)
+    again = RunDir(tmp_path / "run")
+    assert again.is_done(1, "sample") and not again.is_done(1, "verify")
+    manifest = json.loads(again.manifest_path.read_text())
+    assert manifest["iterations"]["1"]["sample"]["wall_s"] == 1.5
+    assert manifest["recipe_hash"] == recipe().hash() and manifest["package_version"]
+    assert again.recipe_path.read_text() == recipe().to_yaml()
+
+
+def test_changed_recipe_is_refused_unless_allowed_and_then_recorded(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.initialise(recipe())
+    changed = recipe(seed=5)
+    with pytest.raises(RunDirError, match="different recipe.*--allow-recipe-change"):
+        run.initialise(changed)
+    run.initialise(changed, allow_recipe_change=True)
+    manifest = run.manifest()
+    assert manifest["recipe_hash"] == changed.hash()
+    assert manifest["recipe_changes"][0]["from"] == recipe().hash()
+
+
+def _hold_lock(path, ready, release):
+    with file_lock(path, blocking=False):
+        ready.set()
+        release.wait(30)
+
+
+def test_second_run_on_the_same_directory_is_refused(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "run" / "lock", ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(RunDirError, match=f"held by another process \\(pid {holder.pid}\\)"):
+            run_loop(recipe(), tmp_path / "run")
+    finally:
+        release.set()
+        holder.join(30)
+    assert not (tmp_path / "run" / "manifest.json").exists(), "the refused run wrote nothing"
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    target = tmp_path / "model"
+    with atomic_directory(target) as staging:
+        (staging / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as staging:
+            (staging / "a").write_text("2")
+            raise RuntimeError("crash mid-write")
+    assert (target / "a").read_text() == "1"
+    atomic_write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_phases_check_their_prerequisites(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.initialise(recipe())
+    assert prerequisite(0, "eval") is None and prerequisite(1, "sample") is None
+    assert prerequisite(2, "sample") == (1, "train") and prerequisite(1, "train") == (1, "select")
+    with pytest.raises(PhaseFailedError, match="select of iteration 1 has not finished"):
+        check_prerequisite(run, 1, "train")
+    run.mark_done(1, "select", 0.1)
+    check_prerequisite(run, 1, "train")
