@@ -72,7 +72,7 @@ def _table(problems: pd.DataFrame, outputs: list, iteration: int, policy: str, m
 def greedy_metrics(judged: pd.DataFrame) -> dict:
     """pass@1 (greedy) with its standard error; unjudged prompts count as not passed and are reported."""
     passed = judged["correct"].eq(True).astype(float).tolist()
-    p, se = mean_stderr(passed)
+    p = sum(passed) / len(passed) if passed else 0.0
     return {
         "prompts": len(passed),
         "pass@1": p,
