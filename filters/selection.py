@@ -37,7 +37,9 @@ class KeepCorrect:
     def __post_init__(self) -> None:
         values = tuple(self.threshold) if isinstance(self.threshold, (list, tuple)) else (self.threshold,)
         if not values or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-            raise ValueError(f"keep_correct: threshold must be a number or a non-empty list of numbers, got {self.threshold!r}")
+            raise ValueError(
+                f"keep_correct: threshold must be a number or a non-empty list of numbers, got {self.threshold!r}"
+            )
         if isinstance(self.threshold, (list, tuple)):
             object.__setattr__(self, "threshold", tuple(float(v) for v in values))  # frozen, hashable
 

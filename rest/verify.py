@@ -3,20 +3,23 @@
 Samples are judged in a pool of worker processes (``judge_frame``), because verification is CPU-bound
 Python (answer parsing, math-verify's sympy, the code sandbox's interpreters) and one process uses one
 core. Small jobs stay in this process: it judges for a moment first and starts a pool only when the
-work left would outlast the pool's start; then it keeps judging chunks the workers have not taken.
-Workers come from a fork server, not a fork of this process: the caller may hold threads (an
-engine, MLflow) that a plain fork would copy mid-operation. Each worker runs its tasks in its main
-thread, so the math verifier's SIGALRM timeouts work there as they do in-process.
+work left would outlast the pool's start; while the workers start, it judges chunks from the other end.
+Workers are forks of this process when it runs no other thread, else forks of a clean fork server
+(``pool_start_method``). Each worker runs its tasks in its main thread, so the math verifier's SIGALRM
+timeouts work there as they do in-process. Verdicts and their order do not depend on which process
+judged a row.
 """
 from __future__ import annotations
 
+import collections
 import math
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
@@ -27,15 +30,15 @@ if TYPE_CHECKING:
     from rest.recipe import Recipe
     from rest.rundir import RunDir
 
-# A pool pays off only when the work it takes over outlasts its start (a fork server, then workers
-# that import the verifier: about a second on 2 cores). The work is estimated by judging in this
-# process for up to _PROBE_S first.
-POOL_START_S = 1.0
+# A pool pays off only when the work it takes over outlasts its start, by start method: forked
+# workers are up in tens of milliseconds; a fork server and workers that import the verifier take
+# about a second on 2 cores. The work is estimated by judging in this process for up to _PROBE_S first.
+POOL_START_S = {"fork": 0.25, "forkserver": 1.0}
 _PROBE_S = 0.1
-# Automatic chunks hold about _TASK_S of work (as the probe measured it): long enough that a task's
-# IPC (~0.2 ms) is noise, short enough that the last ones leave little idle time. Without a probe
-# the rows are split into _TASKS_PER_WORKER chunks per worker.
-_TASK_S = 0.05
+# Automatic chunks: _TASKS_PER_WORKER per worker, at most _MAX_CHUNK rows. Few enough that a task's
+# round trip (pickling, and the GIL hand-offs between this process's judging and the pool's threads)
+# is noise; many enough that the last ones leave little idle time. A per-row time from the probe is
+# no basis: the first rows pay for cold caches and it overestimated tenfold, giving tiny chunks.
 _TASKS_PER_WORKER = 16
 _MAX_CHUNK = 64
 
@@ -47,14 +50,16 @@ def judge_frame(
     samples: pd.DataFrame,
     workers: int | None = None,
     chunk_size: int | None = None,
-    pool_start_s: float = POOL_START_S,
+    pool_start_s: float | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Judge every row (in ``workers`` processes, default one per core); a bad gold gives ``correct=None``.
 
     Returns the samples with ``correct``, ``reward``, ``verify__reason`` and ``answer`` added, in the
     input order, and the data errors by prompt id (a gold that does not parse is never a reward).
-    ``workers=1`` judges in this process; ``pool_start_s=0`` sends all the work to the pool.
-    A script that calls this needs the usual ``if __name__ == "__main__":`` guard (workers re-import it).
+    ``workers=1`` judges in this process; ``pool_start_s`` (default: ``POOL_START_S`` of the start
+    method) is the least work, in seconds, worth a pool; 0 sends all the work to the pool. A script
+    that calls this while running threads needs the ``if __name__ == "__main__":`` guard (a fork
+    server's workers import it again).
     """
     rows = samples.to_dict("records")
     workers = available_cores() if workers is None else workers
@@ -66,27 +71,27 @@ def judge_rows(
     rows: list[Mapping[str, Any]],
     workers: int,
     chunk_size: int | None = None,
-    pool_start_s: float = POOL_START_S,
+    pool_start_s: float | None = None,
 ) -> list[Outcome]:
     """Every row's outcome, in order: here while that is cheaper than starting a pool, else in the pool."""
     outcomes: list[Outcome] = []
     if workers > 1 and not _picklable(verifier):
         warnings.warn(f"verifier {verifier!r} cannot be sent to worker processes; judging in one process")
         workers = 1
+    if pool_start_s is None:
+        pool_start_s = POOL_START_S[pool_start_method()]
     probe_s = _PROBE_S if pool_start_s > 0 else 0.0
-    started = time.perf_counter()
+    started = first_done = time.perf_counter()
     while len(outcomes) < len(rows) and (workers <= 1 or time.perf_counter() - started < probe_s):
         outcomes.append(judge_row(verifier, rows[len(outcomes)]))
         if len(outcomes) == 1:  # the first row pays one-time costs (imports): leave it out of the rate
             first_done = time.perf_counter()
-    rest = rows[len(outcomes):]
-    # Seconds per row; with one row or none probed, unknown (inf: start the pool, chunk by count).
+    remaining = rows[len(outcomes):]
+    # Seconds per row; with one row or none probed, unknown (inf: start the pool).
     per_row = (time.perf_counter() - first_done) / (len(outcomes) - 1) if len(outcomes) > 1 else math.inf
-    if len(rest) < 2 or per_row * len(rest) < pool_start_s:
-        return outcomes + [judge_row(verifier, row) for row in rest]
-    if chunk_size is None and per_row < math.inf:
-        chunk_size = max(1, min(_MAX_CHUNK, int(_TASK_S / max(per_row, 1e-9))))
-    return outcomes + judge_in_pool(verifier, rest, workers, chunk_size)
+    if len(remaining) < 2 or per_row * len(remaining) < pool_start_s:
+        return outcomes + [judge_row(verifier, row) for row in remaining]
+    return outcomes + judge_in_pool(verifier, remaining, workers, chunk_size)
 
 
 def judge_row(verifier: Any, row: Mapping[str, Any]) -> Outcome:
@@ -100,23 +105,75 @@ def judge_row(verifier: Any, row: Mapping[str, Any]) -> Outcome:
 def judge_in_pool(
     verifier: Any, rows: list[Mapping[str, Any]], workers: int, chunk_size: int | None = None
 ) -> list[Outcome]:
-    """``judge_row`` on every row in a process pool, ``chunk_size`` rows per task; results in input order."""
+    """``judge_row`` on every row, ``chunk_size`` rows per task, by a process pool and this process; in order.
+
+    Workers take chunks from the front; while some are still starting, this process judges chunks
+    from the back. A chunk goes to the pool only once a worker is up and warm (its start-up task, one
+    throwaway judgement, came back), so none waits for a worker that is still starting while this
+    process could judge it, and a job that turns out smaller than the pool's start ends without it.
+    """
     workers = max(1, min(workers, len(rows)))
     size = chunk_size or max(1, min(_MAX_CHUNK, math.ceil(len(rows) / (workers * _TASKS_PER_WORKER))))
     chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
-    done: list[list[Outcome] | None] = [None] * len(chunks)
+    untaken = collections.deque(range(len(chunks)))
+    done: dict[int, list[Outcome]] = {}
+    context = _pool_context(verifier)
     # The verifier travels once per worker (initializer), not once per task.
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_pool_context(verifier), initializer=_start_worker, initargs=(verifier,)
-    ) as pool:
-        futures = [pool.submit(_judge_in_worker, chunk) for chunk in chunks]
-        # This process would only wait, and the workers take a while to start: it judges chunks from
-        # the end, each one the pool has not taken yet, until the two meet.
-        for index in reversed(range(len(chunks))):
-            if not futures[index].cancel():
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(verifier,))
+    starting: list[Future] = []
+    finished = threading.Event()
+    starter = threading.Thread(target=_start_pool, args=(pool, starting, rows[0], workers, finished), daemon=True)
+    if context.get_start_method() == "fork":
+        starter.run()  # forks take milliseconds, and must not happen while another thread of ours runs
+    else:
+        # The first submit waits for the fork server to start and import its preloads (about a
+        # second): a thread does that while this one judges.
+        starter.start()
+    try:
+        running: dict[Future, int] = {}
+        while len(done) < len(chunks):
+            up = sum(future.done() for future in list(starting))
+            for future in [future for future in running if future.done()]:
+                done[running.pop(future)] = future.result()
+            # Two chunks per worker that is up: one it runs, one queued behind it, so that it never
+            # waits for this process to hand it the next.
+            while untaken and len(running) < 2 * up:
+                index = untaken.popleft()
+                running[pool.submit(_judge_in_worker, chunks[index])] = index
+            if untaken and up < workers:
+                # Until every worker is up, this process judges too. Not after: its judging would
+                # hold the GIL that the pool's threads need to pass chunks and results (1,600 math
+                # samples on 2 cores: 1.7 s when it judged throughout, 1.6 s like this).
+                index = untaken.pop()
+                done[index] = [judge_row(verifier, row) for row in chunks[index]]
+            elif running:
+                wait(running, return_when=FIRST_COMPLETED)
+    finally:
+        finished.set()
+        if not starter.is_alive():  # else the starter shuts the pool down once its submits return
+            _shut_down(pool, starting)
+    return [outcome for index in range(len(chunks)) for outcome in done[index]]
+
+
+def _start_pool(pool: ProcessPoolExecutor, starting: list[Future], row: Mapping[str, Any], workers: int,
+                finished: threading.Event) -> None:
+    """Submit one warm-up task per worker; if the job finished meanwhile, shut the pool down."""
+    try:
+        for _ in range(workers):
+            if finished.is_set():
                 break
-            done[index] = [judge_row(verifier, row) for row in chunks[index]]
-        return [outcome for index, future in enumerate(futures) for outcome in (done[index] or future.result())]
+            starting.append(pool.submit(_warm_up, row))
+    except RuntimeError:  # shut down by the other thread in the meantime
+        pass
+    finally:
+        if finished.is_set():
+            _shut_down(pool, starting)
+
+
+def _shut_down(pool: ProcessPoolExecutor, starting: list[Future]) -> None:
+    # Idle workers exit at once; a job done before some worker was up does not wait for it (it exits
+    # once its start-up task is done).
+    pool.shutdown(wait=all(future.done() for future in starting), cancel_futures=True)
 
 
 def available_cores() -> int:
@@ -127,11 +184,24 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def pool_start_method() -> str:
+    """How workers start: ``fork`` while this process runs no other thread, else ``forkserver``.
+
+    A fork copies this process as it is, imports and all, in milliseconds; with no other thread there
+    is no lock another thread could hold mid-operation in the copy. With threads (an engine, MLflow)
+    the workers fork from a clean server process instead, which costs its start and imports.
+    """
+    return "fork" if threading.active_count() == 1 else "forkserver"
+
+
 def _pool_context(verifier: Any) -> multiprocessing.context.BaseContext:
-    context = multiprocessing.get_context("forkserver")
-    # The server imports these once and each worker forks from it with them loaded, instead of every
-    # worker importing pandas and the verifier again. Only takes effect when the server first starts.
-    context.set_forkserver_preload(["__main__", __name__, type(verifier).__module__])
+    context = multiprocessing.get_context(pool_start_method())
+    if context.get_start_method() == "forkserver":
+        # The server imports these once and each worker forks from it with them loaded, instead of
+        # every worker importing pandas and the verifier again. A verifier may name the modules it
+        # imports lazily (``preload_modules``). Takes effect when the server first starts.
+        lazy = list(getattr(verifier, "preload_modules", ()))
+        context.set_forkserver_preload(["__main__", __name__, type(verifier).__module__, *lazy])
     return context
 
 
@@ -141,6 +211,15 @@ _worker_verifier: Any = None
 def _start_worker(verifier: Any) -> None:
     global _worker_verifier
     _worker_verifier = verifier
+
+
+def _warm_up(row: Mapping[str, Any]) -> None:
+    # One throwaway judgement pays the verifier's lazy imports (math-verify: ~1 s) before the worker
+    # counts as up; an error here shows again when the row is judged for real.
+    try:
+        judge_row(_worker_verifier, row)
+    except Exception:
+        pass
 
 
 def _judge_in_worker(rows: list[Mapping[str, Any]]) -> list[Outcome]:

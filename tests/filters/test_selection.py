@@ -128,7 +128,8 @@ def test_dedup_keeps_the_best_copy_of_each_normalised_text_per_prompt():
     keep = pd.Series([True, True, True, True, True, False, True])
     result = Dedup().apply(samples, keep, seed=0)
     assert result.keep.tolist() == [False, True, False, True, True, False, True]
-    assert result.reason.tolist() == ["duplicate", "unique", "duplicate", "unique", "unique", "not_considered", "unique"]
+    assert result.reason.tolist() == [
+        "duplicate", "unique", "duplicate", "unique", "unique", "not_considered", "unique"]
     assert result.score.fillna(-1).tolist() == [2.0, 0.0, 1.0, 0.0, 0.0, -1.0, 0.0]
 
 
@@ -219,8 +220,8 @@ def test_a_prime_style_pipeline_records_every_verdict_and_counts():
     out, stats = run_pipeline(samples, pipeline, seed=0)
     assert out["kept"].tolist() == [True, False, False, False, False, False, False, False, False, True]
     assert out["difficulty_band__reason"].tolist() == ["in_band"] * 4 + ["too_easy"] * 4 + ["in_band"] * 2
-    assert out["dedup__reason"].tolist() == [
-        "unique", "duplicate", "not_considered", "not_considered"] + ["not_considered"] * 4 + ["not_considered", "unique"]
+    assert out["dedup__reason"].tolist() == (
+        ["unique", "duplicate", "not_considered", "not_considered"] + ["not_considered"] * 5 + ["unique"])
     counts = {s.name: (s.incoming, s.kept, s.dropped_by_reason, s.prompts_with_kept) for s in stats}
     assert counts == {
         "drop_truncated": (10, 9, {"truncated": 1}, 3),
