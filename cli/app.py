@@ -89,6 +89,8 @@ def _phase_command(phase: str, doc: str) -> Callable[..., None]:
 for _name, _phase, _doc in (
     ("sample", "sample", "E-step: sample completions for one iteration with vLLM."),
     ("verify", "verify", "Score one iteration's samples with the outcome verifier."),
+    ("prm-train", "prm_update", "Update the implicit PRM on one iteration's outcome labels."),
+    ("prm-score", "prm_score", "Score one iteration's samples with its implicit PRM."),
     ("filter", "select", "Run the selection pipeline over one iteration's verified samples."),
     ("train", "train", "M-step: fine-tune on one iteration's kept samples with TRL."),
     ("eval", "eval", "Evaluate one iteration's policy on the held-out split (0 = base model)."),

@@ -11,7 +11,8 @@ from rest.rundir import RunDir, atomic_write_parquet
 
 def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     """Filter iteration ``iteration``; every row stays in verdicts.parquet, kept rows go to kept.parquet."""
-    verified = pd.read_parquet(run.verified(iteration))
+    # With a PRM the samples carry its scores too (prm_score's output), for the implicit_prm filter.
+    verified = pd.read_parquet(run.scored(iteration) if recipe.prm is not None else run.verified(iteration))
     filters = [(f.column, build_filter(f.name, f.options)) for f in recipe.filters]
     table, filter_stats = run_pipeline(verified, filters, seed=recipe.seed + iteration)
     atomic_write_parquet(table, run.verdicts(iteration))

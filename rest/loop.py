@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rest.phases import execute_phase
+from rest.phases import active_phases, execute_phase
 from rest.recipe import Recipe
-from rest.rundir import PHASES, RunDir, file_lock
+from rest.rundir import RunDir, file_lock
 
 
 @dataclass
@@ -49,7 +49,7 @@ def run_loop(recipe: Recipe, run_dir: str | Path | None = None, allow_recipe_cha
 
 def _iteration(recipe: Recipe, run: RunDir, k: int, tracker: Any) -> str | None:
     """Run the unfinished phases of iteration ``k``; returns a reason when the loop must stop."""
-    for phase in PHASES:
+    for phase in active_phases(recipe):
         if run.is_done(k, phase):
             continue
         if phase == "train" and run.read_stats(k, "select").get("kept", 0) == 0:

@@ -13,17 +13,22 @@ from typing import Any, Callable
 
 from rest.progress import FORCE_TTY_ENV
 from rest.recipe import Recipe
-from rest.rundir import PHASES, RunDir
+from rest.rundir import PHASES, PRM_PHASES, RunDir
 
 PHASE_FUNCTIONS = {
     "sample": "rest.sampling:sample_iteration",
     "verify": "rest.verify:verify_iteration",
+    "prm_update": "rest.prm.phase:prm_update_iteration",
+    "prm_score": "rest.prm.phase:prm_score_iteration",
     "select": "rest.filtering:select_iteration",
     "train": "rest.training:train_iteration",
     "eval": "rest.evaluation:evaluate_iteration",
 }
+# The CLI command that runs each phase on its own.
+COMMANDS = {"sample": "sample", "verify": "verify", "prm_update": "prm-train", "prm_score": "prm-score",
+            "select": "filter", "train": "train", "eval": "eval"}
 # Phases that hold an engine or a model run in their own process, so their memory is gone when they end.
-ISOLATED = {"sample", "train", "eval"}
+ISOLATED = {"sample", "prm_update", "prm_score", "train", "eval"}
 
 
 class PhaseFailedError(RuntimeError):
@@ -36,28 +41,36 @@ def phase_function(phase: str) -> Callable[[Recipe, RunDir, int], dict]:
     return getattr(importlib.import_module(module), name)
 
 
-def prerequisite(k: int, phase: str) -> tuple[int, str] | None:
+def active_phases(recipe: Recipe) -> tuple[str, ...]:
+    """The phases an iteration of this recipe runs, in order (the PRM's only with a ``prm`` section)."""
+    return tuple(p for p in PHASES if recipe.prm is not None or p not in PRM_PHASES)
+
+
+def prerequisite(recipe: Recipe, k: int, phase: str) -> tuple[int, str] | None:
     """The (iteration, phase) that must be done before ``phase`` of iteration ``k`` can run."""
+    phases = active_phases(recipe)
+    if phase not in phases:
+        raise PhaseFailedError(f"phase {phase} needs a `prm` section in the recipe")
     if phase == "eval" and k == 0:
         return None
     if phase == "sample":
         return (k - 1, "train") if k > 1 else None
-    return k, PHASES[PHASES.index(phase) - 1]
+    return k, phases[phases.index(phase) - 1]
 
 
-def check_prerequisite(run: RunDir, k: int, phase: str) -> None:
+def check_prerequisite(recipe: Recipe, run: RunDir, k: int, phase: str) -> None:
     """Raise a clear error when the phase before ``phase`` has not finished."""
-    needed = prerequisite(k, phase)
+    needed = prerequisite(recipe, k, phase)
     if needed and not run.is_done(*needed):
         raise PhaseFailedError(
             f"cannot run {phase} of iteration {k}: {needed[1]} of iteration {needed[0]} has not finished "
-            f"(run `rest {needed[1]} RECIPE --iteration {needed[0]}` or `rest run RECIPE`)"
+            f"(run `rest {COMMANDS[needed[1]]} RECIPE --iteration {needed[0]}` or `rest run RECIPE`)"
         )
 
 
 def execute_phase(recipe: Recipe, run: RunDir, k: int, phase: str, tracker: Any = None) -> dict:
     """Run one phase (isolated where it holds a model), record it in the manifest, log it; returns stats."""
-    check_prerequisite(run, k, phase)
+    check_prerequisite(recipe, run, k, phase)
     started = time.perf_counter()
     if phase in ISOLATED:
         stats = run_isolated(run, k, phase)

@@ -165,6 +165,38 @@ class TrainConfig(Strict):
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (PEFT) instead of all weights.")
 
 
+class PrmConfig(Strict):
+    """Implicit process reward model (Yuan et al. 2024): token reward beta * (log pi_prm - log pi_ref).
+
+    Trained from the outcome labels of each iteration (PRIME's online update), then used to score every
+    sample; the ``implicit_prm`` filter selects with the scores.
+    """
+
+    init: str | None = Field(None, description="Model the PRM starts from at iteration 1; None = the base model.")
+    reference: str | None = Field(None, description="Frozen reference model; None = the base model.")
+    beta: float = Field(0.05, gt=0, description="Scale of the log-ratio (the paper's 0.05).")
+    update: bool = Field(
+        True, description="Train the PRM on each iteration's labelled samples, continuing from the last one's."
+    )
+    loss: Literal["ce", "dpo"] = Field(
+        "ce", description="ce: BCE(sigmoid(beta * sum log-ratio), correct); dpo: correct vs incorrect pairs of a prompt."
+    )
+    learning_rate: float = Field(1e-5, gt=0, description="PRM learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the PRM's training samples.")
+    batch_size: int = Field(8, ge=1, description="Samples (ce) or pairs (dpo) per optimiser step.")
+    max_samples: int | None = Field(
+        256, ge=2, description="Class-balanced cap on training samples per update (None = all usable samples)."
+    )
+    max_length: int = Field(1024, ge=16, description="Longest prompt + completion the PRM sees, in tokens.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype of the PRM and reference weights.")
+    seed: int | None = Field(None, description="Seed of the PRM update; None = recipe seed + iteration.")
+    step_delimiter: str = Field("\n\n", description="Text that ends a reasoning step (a regex if step_regex).")
+    step_regex: bool = Field(False, description="Treat step_delimiter as a regular expression (e.g. 'Step \\d+:').")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Scoring engine: transformers forward passes, or vLLM prompt_logprobs."
+    )
+
+
 class EvalConfig(Strict):
     """Evaluation on the held-out split after every iteration (iteration 0 = the base model)."""
 
@@ -218,6 +250,7 @@ class Recipe(Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine.")
     verifier: VerifierConfig = Field(default_factory=VerifierConfig, description="Outcome verifier.")
     filters: list[FilterConfig] = Field(default_factory=_default_filters, description="Selection pipeline, in order.")
+    prm: PrmConfig | None = Field(None, description="Implicit PRM; None = no PRM phases.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="M-step.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
     loop: LoopConfig = Field(default_factory=LoopConfig, description="Iterations.")

@@ -15,7 +15,9 @@ import pandas as pd
 
 import rest
 
-PHASES = ("sample", "verify", "select", "train", "eval")
+# Every phase of an iteration in order; the PRM phases run only when the recipe has a ``prm`` section.
+PHASES = ("sample", "verify", "prm_update", "prm_score", "select", "train", "eval")
+PRM_PHASES = ("prm_update", "prm_score")
 
 
 class RunDirError(RuntimeError):
@@ -99,6 +101,14 @@ class RunDir:
     def verdicts(self, k: int) -> Path:
         """Every sample with every filter's verdict, dropped ones included."""
         return self.iteration(k) / "verdicts.parquet"
+
+    def prm(self, k: int) -> Path:
+        """The implicit PRM after iteration ``k``'s update (a model directory)."""
+        return self.iteration(k) / "prm"
+
+    def scored(self, k: int) -> Path:
+        """Every verified sample with its implicit-PRM scores (``prm__*`` columns)."""
+        return self.iteration(k) / "scored.parquet"
 
     def kept(self, k: int) -> Path:
         """The M-step's training set."""

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from rest.loop import run_loop
-from rest.phases import PhaseFailedError, check_prerequisite, prerequisite
-from rest.recipe import validate_recipe
+from rest.phases import PhaseFailedError, active_phases, check_prerequisite, prerequisite
+from rest.recipe import PrmConfig, validate_recipe
 from rest.rundir import RunDir, RunDirError, atomic_directory, atomic_write_parquet, file_lock
 
 
@@ -79,9 +79,21 @@ def test_atomic_directory_replaces_only_on_success(tmp_path):
 def test_phases_check_their_prerequisites(tmp_path):
     run = RunDir(tmp_path / "run")
     run.initialise(recipe())
-    assert prerequisite(0, "eval") is None and prerequisite(1, "sample") is None
-    assert prerequisite(2, "sample") == (1, "train") and prerequisite(1, "train") == (1, "select")
-    with pytest.raises(PhaseFailedError, match="select of iteration 1 has not finished"):
-        check_prerequisite(run, 1, "train")
+    plain = recipe()
+    assert prerequisite(plain, 0, "eval") is None and prerequisite(plain, 1, "sample") is None
+    assert prerequisite(plain, 2, "sample") == (1, "train") and prerequisite(plain, 1, "train") == (1, "select")
+    assert prerequisite(plain, 1, "select") == (1, "verify")
+    with pytest.raises(PhaseFailedError, match="needs a `prm` section"):
+        prerequisite(plain, 1, "prm_score")
+    with pytest.raises(PhaseFailedError, match="select of iteration 1 has not finished.*rest filter"):
+        check_prerequisite(plain, run, 1, "train")
     run.mark_done(1, "select", 0.1)
-    check_prerequisite(run, 1, "train")
+    check_prerequisite(plain, run, 1, "train")
+
+
+def test_prm_phases_sit_between_verify_and_select():
+    with_prm = recipe().model_copy(update={"prm": PrmConfig()})
+    assert active_phases(with_prm) == ("sample", "verify", "prm_update", "prm_score", "select", "train", "eval")
+    assert active_phases(recipe()) == ("sample", "verify", "select", "train", "eval")
+    assert prerequisite(with_prm, 1, "prm_update") == (1, "verify")
+    assert prerequisite(with_prm, 1, "select") == (1, "prm_score")
