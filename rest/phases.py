@@ -18,8 +18,8 @@ from rest.rundir import PHASES, PRM_PHASES, RunDir
 PHASE_FUNCTIONS = {
     "sample": "rest.sampling:sample_iteration",
     "verify": "rest.verify:verify_iteration",
-    "prm_update": "rest.prm.phase:prm_update_iteration",
-    "prm_score": "rest.prm.phase:prm_score_iteration",
+    "prm_update": "rest.prm.training:prm_update_iteration",
+    "prm_score": "rest.prm.scoring:prm_score_iteration",
     "select": "rest.filtering:select_iteration",
     "train": "rest.training:train_iteration",
     "eval": "rest.evaluation:evaluate_iteration",

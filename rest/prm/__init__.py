@@ -1,0 +1,1 @@
+"""Implicit process reward model: step scoring, online training from outcome labels, and their phases."""
