@@ -369,8 +369,8 @@ def latex_key(latex: str) -> str:
 def read_plain_math(text: str) -> Candidate | None:
     """An answer written without LaTeX delimiters: a number (units allowed), else the text as LaTeX."""
     raw = clause(text).strip().rstrip(".").strip()
-    if not raw:
-        return None
+    if not raw.strip(" $"):
+        return None  # "The answer is $\boxed{72}$": the phrase marks only the box's opening `$`
     read = read_number(raw)
     if read is not None and not _GLUED.match(read[1]):
         number, rest = read

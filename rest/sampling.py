@@ -1,6 +1,7 @@
 """E-step: sample n completions per training prompt from the current policy with vLLM, shard by shard."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -111,9 +112,19 @@ def _sample_shard(llm, params, shard: pd.DataFrame, iteration: int, policy: str,
                 "truncated": out.finish_reason == "length",
                 "logprobs": out.logprobs,
                 "completion_tokens": len(out.token_ids),
-                "gold": str(problem.gold),
+                "gold": gold_text(problem.gold),
             })
     return pd.DataFrame(rows)
+
+
+def gold_text(gold: object) -> str:
+    """The gold answer as stored on a sample: text as is; structured golds (code tests) as JSON, not repr."""
+    return gold if isinstance(gold, str) else json.dumps(gold, default=_plain)
+
+
+def _plain(value: object) -> object:
+    """numpy arrays and scalars that Parquet/pandas hand back, as JSON-able Python values."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def read_samples(run: RunDir, iteration: int) -> pd.DataFrame:

@@ -23,3 +23,20 @@ def test_engine_options_map_recipe_fields_and_refuse_shadowing():
         "float32", 256, 2, 64)
     with pytest.raises(EngineError, match="use the engine.\\* fields"):
         engine_options(EngineConfig(engine_kwargs={"seed": 3}), "m", seed=0)
+
+
+def test_structured_gold_is_stored_as_json_that_the_code_verifier_reads_back():
+    import json
+
+    import numpy as np
+
+    from rest.filters.code_verifier import parse_code_gold
+    from rest.sampling import gold_text
+
+    gold = {"entry_point": "add", "prompt": 'def add(a, b):\n    """Sum."""\n',
+            "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
+    assert gold_text("72") == "72"
+    assert json.loads(gold_text(gold)) == gold
+    assert parse_code_gold(gold_text(gold)).entry_point == "add"
+    assert json.loads(gold_text(["assert f(1) == 2", "assert f(2) == 3"])) == ["assert f(1) == 2", "assert f(2) == 3"]
+    assert json.loads(gold_text(np.array(["assert f(1) == 2"]))) == ["assert f(1) == 2"]

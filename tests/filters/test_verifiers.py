@@ -85,6 +85,12 @@ CASES = [
     ("math", "Final Answer: The final answer is $12$. I hope it is correct.", "12", Verdict(1.0, "correct", "12")),
     ("math", "#### 5", r"\boxed{5}", Verdict(1.0, "correct", "5")),
     ("math", r"\boxed{2} and later \boxed{3}", "3", Verdict(0.0, "conflicting_answers", None)),
+    # the phrase before a `$`-wrapped box marks only the `$`: one answer, not two that conflict
+    ("math", r"The answer is $\boxed{72}$.", "72", Verdict(1.0, "correct", "72")),
+    ("math", r"The final answer is $\boxed{\frac{1}{2}}$. I hope it is correct.", "0.5",
+     Verdict(1.0, "correct", "0.5")),
+    ("math", r"The answer is $\boxed{72}$ or $73$.", "72", Verdict(0.0, "ambiguous_answer", None)),
+    ("gsm8k", r"The answer is $\boxed{72}$.", "72", Verdict(1.0, "correct", "72")),
     ("math", r"\boxed{3}", r"so the answer is $\boxed{3}$.", Verdict(1.0, "correct", "3")),  # gold: its last box
     ("math", r"we write \boxed to mark it; \boxed{3}", "3", Verdict(1.0, "correct", "3")),
     ("math", r"\boxed{72 \text{ or } 73}", "72", Verdict(0.0, "ambiguous_answer", None)),
