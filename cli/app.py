@@ -65,8 +65,7 @@ def run(
 
     loaded = _load(recipe, overrides)
     result = _guarded(lambda: run_loop(loaded, run_dir, allow_recipe_change))
-    _print_summary(result.rows)
-    typer.echo(f"run directory: {result.run_dir}  ({result.stopped_because})")
+    _print_summary(result.rows, result.run_dir, result.stopped_because)
 
 
 def _phase_command(phase: str, doc: str) -> Callable[..., None]:
@@ -101,16 +100,13 @@ for _name, _phase, _doc in (
 @app.command()
 def status(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Per-iteration table of a run, read from the run directory alone (no MLflow needed)."""
-    import yaml
-
     from rest.loop import summary_rows
     from rest.rundir import RunDir
 
     run = RunDir(run_dir)
     if not run.manifest_path.is_file():
         _fail(f"{run_dir} is not a rest-em run directory (no manifest.json)")
-    iterations = yaml.safe_load(run.recipe_path.read_text())["loop"]["iterations"]
-    _print_summary(summary_rows(run, iterations))
+    _print_summary(summary_rows(run), run_dir)
 
 
 def _one_line(phase: str, iteration: int, stats: dict) -> str:
@@ -122,34 +118,18 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _print_summary(rows: list[dict]) -> None:
+def _print_summary(
+    rows: list[dict], run_dir: Optional[Path] = None, stopped_because: Optional[str] = None
+) -> None:
+    """The iteration and wall-time tables, then why the run stopped and where to look."""
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="rest-em iterations (held-out metrics ± standard error)")
-    sampled = sorted({k for row in rows for k in row if k.startswith(("pass@", "maj@"))
-                      and not k.endswith("_stderr") and k != "pass@1"})
-    for column in ("iteration", "generated", "kept", "train loss", "pass@1 (greedy)", *sampled, "wall s"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(
-            str(row["iteration"]),
-            _cell(row.get("generated")),
-            _cell(row.get("kept")),
-            _cell(row.get("train_loss"), "{:.4f}"),
-            *(_metric(row, key) for key in ("pass@1", *sampled)),
-            _cell(row.get("wall_s"), "{:.0f}"),
-        )
-    Console().print(table)
+    from rest.rundir import RunDir
+    from rest.summary import pointers, render
 
-
-def _cell(value: Any, fmt: str = "{}") -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def _metric(row: dict, key: str) -> str:
-    value = row.get(key)
-    return "-" if value is None else f"{value:.3f} ± {row.get(key + '_stderr') or 0:.3f}"
+    render(rows, Console())
+    for line in pointers(RunDir(run_dir), stopped_because) if run_dir is not None else []:
+        typer.echo(line)
 
 
 def main() -> None:

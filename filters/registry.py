@@ -5,6 +5,7 @@ import importlib
 import inspect
 from typing import Any, Callable
 
+from .prm_filter import ImplicitPRMFilter
 from .selection import DifficultyBand, Dedup, DropTruncated, KeepCorrect, PerPromptCap
 
 BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
@@ -13,6 +14,7 @@ BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
     "dedup": Dedup,
     "drop_truncated": DropTruncated,
     "difficulty_band": DifficultyBand,
+    "implicit_prm": ImplicitPRMFilter,
 }
 
 

@@ -28,7 +28,7 @@ class KeepCorrect:
 
     ``threshold`` is one number, or a schedule with one entry per iteration (ReST's rising tau, e.g.
     ``[0.0, 0.7, 0.8, 0.9]``): iteration K uses entry K (1-based), the last entry once the list ends.
-    The iteration is read from each row's ``iteration`` column.
+    The iteration is read from each row's ``iteration`` column, or its ``improve_step`` (ReST mode).
     """
 
     threshold: float | Sequence[float] = 1.0
@@ -61,9 +61,11 @@ class KeepCorrect:
     def _thresholds(self, samples: pd.DataFrame) -> pd.Series | float:
         if not isinstance(self.threshold, tuple) or len(self.threshold) == 1:
             return self.threshold_at(1)
-        if "iteration" not in samples.columns:
+        # ReST's Improve steps re-filter one grown set: there the schedule follows the Improve step.
+        step = "improve_step" if "improve_step" in samples.columns else "iteration"
+        if step not in samples.columns:
             raise KeyError("keep_correct: a threshold schedule needs the samples' 'iteration' column")
-        return samples["iteration"].map(self.threshold_at).astype(float)
+        return samples[step].map(self.threshold_at).astype(float)
 
 
 @dataclass(frozen=True)

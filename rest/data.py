@@ -46,15 +46,21 @@ def load_splits(recipe: Recipe) -> Splits:
 
 def to_problems(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     """Normalise raw records to prompt_id, question, gold (deduplicated by prompt id)."""
-    for field in (cfg.question_field, cfg.answer_field) + ((cfg.id_field,) if cfg.id_field else ()):
+    answer_fields = tuple(cfg.answer_fields) if cfg.answer_format == "fields" else (cfg.answer_field,)
+    for field in (cfg.question_field, *answer_fields) + ((cfg.id_field,) if cfg.id_field else ()):
         if field not in frame.columns:
             raise DataError(
                 f"{cfg.path or 'data'}: no field '{field}'; fields present: {', '.join(map(str, frame.columns))}"
             )
     questions = frame[cfg.question_field].astype(str)
     ids = frame[cfg.id_field].astype(str) if cfg.id_field else questions.map(question_id)
-    answers = frame[cfg.answer_field]
-    gold = answers.map(gsm8k_gold) if cfg.answer_format == "gsm8k" else answers
+    if cfg.answer_format == "fields":
+        gold = pd.Series([dict(zip(answer_fields, values)) for values in frame[list(answer_fields)].itertuples(
+            index=False, name=None)], index=frame.index, dtype=object)
+    elif cfg.answer_format == "gsm8k":
+        gold = frame[cfg.answer_field].map(gsm8k_gold)
+    else:
+        gold = frame[cfg.answer_field]
     problems = pd.DataFrame({"prompt_id": ids, "question": questions, "gold": gold})
     return problems.drop_duplicates("prompt_id").reset_index(drop=True)
 

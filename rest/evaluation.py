@@ -49,6 +49,11 @@ def evaluate_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     results = greedy_metrics(judged[judged["mode"] == "greedy"])
     if cfg.samples:
         results.update(sampled_metrics(judged[judged["mode"] == "sampled"], cfg.k))
+    if cfg.samples and recipe.prm is not None:  # the PRM ranks the same N samples (the engine is stopped)
+        from rest.prm.heldout import score_heldout
+
+        judged, prm_metrics = score_heldout(recipe, run, iteration, judged)
+        results.update(prm_metrics)
     results.update(timings, policy=policy, data_errors=data_errors,
                    generated_tokens=int(judged["completion_token_ids"].map(len).sum()))
     out = run.eval_dir(iteration)

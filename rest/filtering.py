@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from rest.faults import kill_point
 from rest.filters.pipeline import describe, run_pipeline
 from rest.filters.registry import build_filter
 from rest.recipe import Recipe
@@ -16,6 +17,7 @@ def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     filters = [(f.column, build_filter(f.name, f.options)) for f in recipe.filters]
     table, filter_stats = run_pipeline(verified, filters, seed=recipe.seed + iteration)
     atomic_write_parquet(table, run.verdicts(iteration))
+    kill_point("select:after_verdicts")  # half-done: verdicts written, kept set not yet
     kept = table[table["kept"]].reset_index(drop=True)
     atomic_write_parquet(kept, run.kept(iteration))
     stats = {
@@ -26,5 +28,9 @@ def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
         "filters": describe(filter_stats),
         "filter_metrics": {k: v for s in filter_stats for k, v in s.as_metrics().items()},
     }
+    if recipe.prm is not None:  # score histograms of implicit_prm filters, logged as the iteration's artifacts
+        from rest.prm.plots import plot_prm_filters
+
+        stats["plots"] = [p.name for p in plot_prm_filters(table, filters, run.iteration(iteration) / "plots")]
     run.write_stats(iteration, "select", stats)
     return stats

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rest.best import record_best
 from rest.phases import active_phases, execute_phase
 from rest.recipe import Recipe
 from rest.rundir import RunDir, file_lock
+from rest.stopping import best_iteration, early_stop_reason, metric_values
 
 
 @dataclass
@@ -18,6 +20,7 @@ class LoopResult:
     run_dir: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     stopped_because: str = "finished all iterations"
+    best: dict[str, Any] | None = None  # the best iteration by loop.metric (manifest "best")
 
 
 def run_loop(recipe: Recipe, run_dir: str | Path | None = None, allow_recipe_change: bool = False) -> LoopResult:
@@ -32,10 +35,12 @@ def run_loop(recipe: Recipe, run_dir: str | Path | None = None, allow_recipe_cha
             if not run.is_done(0, "eval"):
                 execute_phase(recipe, run, 0, "eval", tracker)
             for k in range(1, recipe.loop.iterations + 1):
-                stop = _iteration(recipe, run, k, tracker)
+                # Decided from the evaluations on disk, so a rerun of a stopped run stops at the same place.
+                stop = _early_stop(recipe, run, k - 1) or _iteration(recipe, run, k, tracker)
                 if stop:
                     result.stopped_because = stop
                     break
+            result.best = _best(recipe, run, tracker)
         except BaseException:
             if tracker:
                 tracker.finish("FAILED")
@@ -43,7 +48,7 @@ def run_loop(recipe: Recipe, run_dir: str | Path | None = None, allow_recipe_cha
         result.rows = summary_rows(run, recipe.loop.iterations)
         if tracker:
             tracker.log_summary(result.rows)
-            tracker.finish("FINISHED")
+            tracker.finish("FINISHED", stopped_because=result.stopped_because)
         return result
 
 
@@ -58,6 +63,18 @@ def _iteration(recipe: Recipe, run: RunDir, k: int, tracker: Any) -> str | None:
     return None
 
 
+def _early_stop(recipe: Recipe, run: RunDir, upto: int) -> str | None:
+    cfg = recipe.loop
+    return early_stop_reason(metric_values(run, cfg.metric, upto), cfg.metric, cfg.patience, cfg.min_delta)
+
+
+def _best(recipe: Recipe, run: RunDir, tracker: Any) -> dict[str, Any] | None:
+    """Record the best evaluated iteration (manifest, MLflow tags, registry) and return its record."""
+    cfg = recipe.loop
+    best = best_iteration(metric_values(run, cfg.metric, recipe.loop.iterations), cfg.metric, cfg.min_delta)
+    return record_best(recipe, run, best, tracker) if best else None
+
+
 def _tracker(recipe: Recipe, run: RunDir) -> Any:
     if not recipe.tracking.enabled:
         return None
@@ -66,27 +83,11 @@ def _tracker(recipe: Recipe, run: RunDir) -> Any:
     return Tracker(recipe, run)
 
 
-def summary_rows(run: RunDir, iterations: int) -> list[dict[str, Any]]:
-    """One row per iteration from the run directory alone: generated, kept, train loss, pass@1."""
-    rows = []
-    for k in range(0, iterations + 1):
-        if not run.iteration(k).exists():
-            continue
-        sample, select = run.read_stats(k, "sample"), run.read_stats(k, "select")
-        train, evaluation = run.read_stats(k, "train"), run.read_stats(k, "eval")
-        rows.append({
-            "iteration": k,
-            "generated": sample.get("samples"),
-            "kept": select.get("kept"),
-            "kept_fraction": select.get("kept_fraction"),
-            "train_loss": train.get("train_loss"),
-            "pass@1": evaluation.get("pass@1"),
-            "pass@1_stderr": evaluation.get("pass@1_stderr"),
-            **{key: value for key, value in evaluation.items()
-               if key.startswith(("pass@", "maj@")) and key not in ("pass@1", "pass@1_stderr")},
-            "wall_s": sum(p.get("wall_s", 0.0) for p in run.manifest()["iterations"].get(str(k), {}).values()),
-        })
-    return rows
+def summary_rows(run: RunDir, iterations: int | None = None) -> list[dict[str, Any]]:
+    """One row per iteration from the run directory alone (see :func:`rest.summary.iteration_rows`)."""
+    from rest.summary import iteration_rows
+
+    return iteration_rows(run, iterations)
 
 
 def run_single_phase(recipe: Recipe, phase: str, k: int, run_dir: str | Path | None = None) -> dict:

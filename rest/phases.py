@@ -71,6 +71,8 @@ def check_prerequisite(recipe: Recipe, run: RunDir, k: int, phase: str) -> None:
 def execute_phase(recipe: Recipe, run: RunDir, k: int, phase: str, tracker: Any = None) -> dict:
     """Run one phase (isolated where it holds a model), record it in the manifest, log it; returns stats."""
     check_prerequisite(recipe, run, k, phase)
+    if tracker is not None:
+        tracker.start_phase(k, phase)  # system metrics of the phase go to its iteration's run
     started = time.perf_counter()
     if phase in ISOLATED:
         stats = run_isolated(run, k, phase)

@@ -11,6 +11,7 @@ from rest.data import load_splits
 from rest.faults import kill_point
 from rest.generation import generate, start_engine, stop_engine
 from rest.models import resolve_model
+from rest.modes import grow_iteration, improve_step, is_grow
 from rest.progress import phase_progress
 from rest.prompts import encode_prompt, render_prompt
 from rest.recipe import Recipe
@@ -59,6 +60,8 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     """Run (or resume) the E-step of ``iteration``; returns its stats (also written to the run dir)."""
     from vllm import SamplingParams
 
+    if not is_grow(recipe, iteration):
+        return reuse_grown_samples(recipe, run, iteration)
     policy = policy_after(recipe, run, iteration - 1)
     prompts = build_prompts(recipe, load_splits(recipe).train, policy)
     cfg = recipe.sampling
@@ -79,6 +82,8 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
             with phase_progress(f"E-step iter {iteration}", total=sum(len(shards[i]) for i in todo)) as bar:
                 for i in todo:
                     frame = _sample_shard(llm, params, shards[i], iteration, policy, bar)
+                    if recipe.loop.mode == "rest":
+                        frame["improve_step"] = 1
                     atomic_write_parquet(frame, shard_path(run, iteration, i))
                     kill_point("sample:after_shard")
                     bar.advance(0, tokens=int(frame["completion_tokens"].sum()))
@@ -89,6 +94,26 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     stats.update(summarise(samples, cfg.n))
     if "generate_s" in stats:
         stats["tokens_per_s"] = stats["generated_tokens"] / max(stats["generate_s"], 1e-9)
+    run.write_stats(iteration, "sample", stats)
+    return stats
+
+
+def reuse_grown_samples(recipe: Recipe, run: RunDir, iteration: int) -> dict:
+    """ReST Improve step: this iteration filters its Grow's samples again (same shards, own iteration number)."""
+    grown = grow_iteration(recipe, iteration)
+    sources = sorted(run.samples_dir(grown).glob("shard-*.parquet"))
+    if not sources or not run.is_done(grown, "sample"):
+        raise SamplingError(f"iteration {iteration} re-filters the samples of iteration {grown}, which has none yet")
+    step = improve_step(recipe, iteration)
+    for source in sources:
+        target = run.samples_dir(iteration) / source.name
+        if not target.is_file():
+            frame = pd.read_parquet(source).assign(iteration=iteration, improve_step=step)
+            atomic_write_parquet(frame, target)
+    samples = read_samples(run, iteration)
+    stats = {"prompts": int(samples["prompt_id"].nunique()), "shards": len(sources), "grown_in": grown,
+             "improve_step": step, **summarise(samples, recipe.sampling.n)}
+    stats["generated_tokens"] = 0  # nothing was generated: the tokens were counted at the Grow
     run.write_stats(iteration, "sample", stats)
     return stats
 

@@ -10,20 +10,39 @@ def main(argv: list[str]) -> int:
     from rest.generation import EngineError
     from rest.models import ModelNotFoundError
     from rest.phases import phase_function
+    from rest.prm.scoring import ScoringError
     from rest.recipe import load_recipe
     from rest.rundir import RunDir
     from rest.sampling import SamplingError
-    from rest.training import NoKeptSamplesError
+    from rest.launch import TrainingError  # includes NoKeptSamplesError
 
+    die_with_parent()
     phase, root, iteration = argv[0], argv[1], int(argv[2])
     run = RunDir(root)
     recipe = load_recipe(run.recipe_path)
     try:
         phase_function(phase)(recipe, run, iteration)
-    except (DataError, EngineError, ModelNotFoundError, SamplingError, NoKeptSamplesError) as err:
+    except (DataError, EngineError, ModelNotFoundError, SamplingError, TrainingError, ScoringError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this phase when the `rest` process that started it dies (it runs in its own session,
+    so nothing else would stop it holding the engine's memory); elsewhere a no-op."""
+    import ctypes
+    import os
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 if __name__ == "__main__":  # vLLM spawns its engine process and needs this guard

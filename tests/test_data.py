@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from rest.data import DataError, gsm8k_gold, load_splits, question_id
-from rest.recipe import validate_recipe
+from rest.recipe import RecipeError, validate_recipe
 from rest.synthetic import generate_problems
 
 
@@ -86,3 +86,21 @@ def test_hub_source_goes_through_datasets_load_dataset(tmp_path):
     assert (len(splits.train), len(splits.eval)) == (7, 3)
     assert sorted(splits.train["gold"].astype(int).tolist() + splits.eval["gold"].astype(int).tolist()) == list(
         range(2, 12))
+
+
+def test_humaneval_golds_are_field_mappings_the_code_verifier_accepts(shared_data):
+    from rest.filters.code_verifier import CodeVerifier
+    from rest.sampling import gold_text
+
+    path = shared_data / "humaneval" / "HumanEval.jsonl"
+    recipe = validate_recipe({"name": "x", "verifier": {"name": "code"}, "data": {
+        "source": "file", "path": str(path), "id_field": "task_id", "question_field": "prompt",
+        "answer_format": "fields", "answer_fields": ["entry_point", "test", "prompt"], "eval_size": 4}})
+    splits = load_splits(recipe)
+    assert len(splits.train) + len(splits.eval) == 164
+    row = splits.eval.iloc[0]
+    assert set(row["gold"]) == {"entry_point", "test", "prompt"} and row["prompt_id"].startswith("HumanEval/")
+    body = "    return None\n"  # a broken solution: every HumanEval check fails on it
+    assert CodeVerifier()(body, gold_text(row["gold"]), {}) < 1
+    with pytest.raises(RecipeError, match="data.answer_fields must list"):
+        validate_recipe({"name": "x", "data": {"source": "file", "path": "p", "answer_format": "fields"}})

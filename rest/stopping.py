@@ -1,0 +1,59 @@
+"""When the loop stops: the best iteration so far by the recipe's metric, and early stopping by patience.
+
+Both read only the evaluation results in the run directory, so a rerun of a stopped run reaches the
+same decision and the same best iteration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rest.recipe import RecipeError
+from rest.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Best:
+    """The iteration whose policy scored best on the held-out split (0 = the base model)."""
+
+    iteration: int
+    metric: str
+    value: float
+
+
+def metric_values(run: RunDir, metric: str, upto: int) -> dict[int, float]:
+    """``metric`` of every evaluated iteration 0..upto, from ``iter_K/stats/eval.json``."""
+    values = {}
+    for k in range(upto + 1):
+        if not run.is_done(k, "eval"):
+            continue
+        value = run.read_stats(k, "eval").get(metric)
+        if value is None:
+            raise RecipeError(
+                f"loop.metric '{metric}' is not in the evaluation results of iteration {k}; "
+                f"available: {', '.join(sorted(run.read_stats(k, 'eval')))}"
+            )
+        values[k] = float(value)
+    return values
+
+
+def best_iteration(values: dict[int, float], metric: str, min_delta: float = 0.0) -> Best | None:
+    """The earliest iteration that beat every earlier one by more than ``min_delta`` and was not beaten since."""
+    best: Best | None = None
+    for k in sorted(values):
+        if best is None or values[k] > best.value + min_delta:
+            best = Best(k, metric, values[k])
+    return best
+
+
+def early_stop_reason(values: dict[int, float], metric: str, patience: int | None, min_delta: float = 0.0) -> str | None:
+    """Why the loop should stop now: ``patience`` iterations have passed without a better ``metric``."""
+    best = best_iteration(values, metric, min_delta)
+    if patience is None or best is None:
+        return None
+    latest = max(values)
+    if latest - best.iteration >= patience:
+        return (
+            f"early stop: {metric} has not improved on iteration {best.iteration}'s {best.value:.4f} "
+            f"for {latest - best.iteration} iteration(s) (patience {patience})"
+        )
+    return None

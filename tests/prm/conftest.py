@@ -1,0 +1,40 @@
+"""Fixtures of the PRM tests: a tiny randomly initialised Llama with a word-level tokenizer (fast, no files needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+VOCAB = 48
+
+
+def make_tiny_lm(path: Path, seed: int = 0) -> Path:
+    """Save a 2-layer LlamaForCausalLM (float32) and a tokenizer of the words "t0".."t47" to ``path``."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="t0", eos_token="t1", pad_token="t1").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """Directory of a tiny random causal LM that transformers loads like any model.
+
+    Torch runs single-threaded meanwhile: on a busy 2-core machine a second thread made each step of
+    this model ~50x slower (threads waiting for each other), and a model this small gains nothing from it.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield str(make_tiny_lm(tmp_path_factory.mktemp("tiny_lm") / "model"))
+    torch.set_num_threads(threads)
