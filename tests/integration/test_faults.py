@@ -18,12 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.integration
+# Not yet seen green end to end (the session ran out under a loaded machine): see the issue notes.
+pytestmark = [pytest.mark.integration, pytest.mark.pending]
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "tests" / "data" / "prm_tiny.yaml"
 OVERRIDES = ["sampling.prompts_per_shard=4", "train.save_steps=1", "train.batch_size=2", "eval.samples=0",
-             "eval.max_tokens=48"]
+             "eval.max_tokens=48", "prm.max_samples=16"]
 PROMPTS, N = 12, 6
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.integration
+# Not yet seen green end to end (the session ran out under a loaded machine): see the issue notes.
+pytestmark = [pytest.mark.integration, pytest.mark.pending]
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "data" / "tiny.yaml"
