@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.integration
+# Not yet seen green end to end by the lead (its PRM update ran 20+ min on the overloaded machine): pending.
+pytestmark = [pytest.mark.integration, pytest.mark.pending]
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "tests" / "data" / "prm_tiny.yaml"
