@@ -23,7 +23,7 @@ def prm_run(tmp_path_factory, builtin_model):
     work = tmp_path_factory.mktemp("prm")
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
     cmd = [sys.executable, "-m", "rest.cli.app", "run", str(RECIPE), "--run-dir", str(work / "run")]
-    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return {"dir": work / "run", "base": builtin_model}
 
@@ -49,7 +49,8 @@ def test_the_update_learned_from_the_outcome_labels(prm_run):
     assert update["skipped"] is False, update.get("skip_reason")
     assert update["init"] == update["reference"] == prm_run["base"]
     assert update["samples_correct"] == int(verified["correct"].eq(True).sum()) > 0
-    assert update["samples_correct"] + update["samples_incorrect"] == update["usable"] == len(verified)
+    assert update["usable"] == len(verified)
+    assert update["samples_correct"] + update["samples_incorrect"] == min(48, len(verified))  # prm.max_samples
     assert update["first_loss"] == pytest.approx(math.log(2), abs=1e-5), "the untrained PRM is its reference"
     assert update["margin_before"] == 0.0 and update["margin_after"] > 0
     assert len(update["history"]) == update["steps"] >= 1
