@@ -47,6 +47,6 @@ def test_install_maps_filters_and_cli_under_rest(tmp_path, editable):
     else:
         site = next((venv / "lib").glob("python3*/site-packages"))
         assert Path(found["filters_file"]) == site / "rest" / "filters" / "__init__.py"
-        assert (site / "rest" / "cli" / "app.py").is_file()
+        assert (site / "rest" / "cli" / "app.py").is_file() and (site / "rest" / "prm" / "scoring.py").is_file()
         assert not (site / "filters").exists() and not (site / "cli").exists()
     assert (venv / "bin" / "rest").is_file(), "the console script is installed"
