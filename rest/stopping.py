@@ -23,8 +23,9 @@ class Best:
 def metric_values(run: RunDir, metric: str, upto: int) -> dict[int, float]:
     """``metric`` of every evaluated iteration 0..upto, from ``iter_K/stats/eval.json``."""
     values = {}
+    finished = run.manifest()["iterations"]  # read once, not once per iteration
     for k in range(upto + 1):
-        if not run.is_done(k, "eval"):
+        if "eval" not in finished.get(str(k), {}):
             continue
         value = run.read_stats(k, "eval").get(metric)
         if value is None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 VOCAB = 48
@@ -38,3 +40,15 @@ def tiny_lm(tmp_path_factory):
     torch.set_num_threads(1)
     yield str(make_tiny_lm(tmp_path_factory.mktemp("tiny_lm") / "model"))
     torch.set_num_threads(threads)
+
+
+def direct_logprobs(model_dir: str, prompt: list[int], completion: list[int]) -> np.ndarray:
+    """Independent reference: one plain forward pass, full log-softmax, gather the completion tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 : -1]
+    return logp.gather(1, torch.tensor(completion)[:, None])[:, 0].numpy()

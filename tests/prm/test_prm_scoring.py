@@ -11,19 +11,7 @@ from rest.prm.scoring import COLUMNS, ScoringError, aggregate, prm_score_iterati
 from rest.recipe import PrmConfig, validate_recipe
 from rest.rundir import RunDir
 
-from conftest import make_tiny_lm
-
-
-def direct_logprobs(model_dir: str, prompt: list[int], completion: list[int]) -> np.ndarray:
-    """Independent reference: one plain forward pass, full log-softmax, gather the completion tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0].float()
-    logp = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 : -1]
-    return logp.gather(1, torch.tensor(completion)[:, None])[:, 0].numpy()
+from conftest import direct_logprobs, make_tiny_lm
 
 
 def tiny_samples(per_prompt: int = 3) -> pd.DataFrame:

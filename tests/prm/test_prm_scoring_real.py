@@ -8,22 +8,12 @@ import pytest
 from rest.prm.scoring import score_frame
 from rest.recipe import EngineConfig, PrmConfig
 
+from conftest import direct_logprobs
+
 pytestmark = pytest.mark.integration
 
 TEXTS = ["3 + 4 = 7.\n\n7 × 2 = 14 😀\n\n#### 14<|im_end|>", "Café: 7 * 2 = 14.\n\n#### 14<|im_end|>",
          "First add.\n\nThen multiply: 14<|im_end|>"]
-
-
-def direct_logprobs(model_dir: str, prompt: list[int], completion: list[int]) -> np.ndarray:
-    """Independent reference: one plain forward pass, full log-softmax, gather the completion tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0].float()
-    logp = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 : -1]
-    return logp.gather(1, torch.tensor(completion)[:, None])[:, 0].numpy()
 
 
 @pytest.fixture(scope="module")
