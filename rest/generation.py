@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from rest.recipe import EngineConfig
 
@@ -127,6 +127,56 @@ def generate(
     progress = partial(_progress_factory, bar) if bar is not None else False
     outputs = llm.generate(prompts, params, use_tqdm=progress, lora_request=lora_request)
     return [[_completion(i, out) for i, out in enumerate(request.outputs)] for request in outputs]
+
+
+def generate_stream(
+    llm: Any, prompt_token_ids: Sequence[list[int]], params: Any, lora_request: Any = None, bar: Any = None,
+    window: int | None = None,
+) -> Iterator[tuple[int, list[Completion]]]:
+    """Yields ``(position, completions)`` as each prompt finishes, keeping ``window`` prompts in the engine.
+
+    The engine never drains between a caller's shards: each finished prompt is replaced by the next one
+    at once, while prompts still finish roughly in order (so a caller's early shards complete early and a
+    crash loses little). ``window=None`` queues every prompt at once. ``bar`` advances by one prompt, its
+    samples and tokens. vLLM builds without ``LLM.enqueue`` get one ``generate`` call, yielded at the end.
+    """
+    if not hasattr(llm, "enqueue"):
+        for position, completions in enumerate(generate(llm, prompt_token_ids, params, lora_request, bar)):
+            yield position, completions
+        return
+    from vllm.inputs import TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
+    positions: dict[str, int] = {}
+    queued = 0
+
+    def submit(count: int) -> None:
+        nonlocal queued
+        batch = prompts[queued : queued + count]
+        for offset, request_id in enumerate(map(str, llm.enqueue(batch, params, lora_request=lora_request,
+                                                                  use_tqdm=False))):
+            # vLLM returns its internal id, '<id>-<8 random characters>'; outputs carry '<id>'.
+            positions[request_id] = positions[request_id.rsplit("-", 1)[0]] = queued + offset
+        queued += len(batch)
+
+    submit(window or len(prompts))
+    engine, pending = llm.llm_engine, len(prompts)
+    while pending and engine.has_unfinished_requests():
+        finished = 0
+        for output in engine.step():
+            if not output.finished:
+                continue
+            if str(output.request_id) not in positions:
+                raise EngineError(f"vLLM returned request {output.request_id!r}, which was not submitted here")
+            completions = [_completion(i, out) for i, out in enumerate(output.outputs)]
+            pending, finished = pending - 1, finished + 1
+            if bar is not None:
+                bar.advance(1, samples=len(completions), tokens=sum(len(c.token_ids) for c in completions))
+            yield positions[str(output.request_id)], completions
+        if finished and queued < len(prompts):
+            submit(finished)
+    if pending:
+        raise EngineError(f"the vLLM engine stopped with {pending} of {len(prompts)} prompts unfinished")
 
 
 def _completion(index: int, out: Any) -> Completion:

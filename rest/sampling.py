@@ -9,7 +9,7 @@ import pandas as pd
 
 from rest.data import load_splits
 from rest.faults import kill_point
-from rest.generation import generate, start_engine, stop_engine
+from rest.generation import generate_stream, start_engine, stop_engine
 from rest.models import resolve_model
 from rest.modes import grow_iteration, improve_step, is_grow
 from rest.progress import phase_progress
@@ -77,23 +77,23 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
             n=cfg.n, temperature=cfg.temperature, top_k=cfg.top_k if cfg.top_k > 0 else -1, top_p=cfg.top_p,
             max_tokens=cfg.max_tokens, stop=cfg.stop or None, logprobs=0 if cfg.logprobs else None,
         )
-        gen_started = time.perf_counter()
+        gen_started, new_tokens = time.perf_counter(), 0
         try:
             with phase_progress(f"E-step iter {iteration}", total=sum(len(shards[i]) for i in todo)) as bar:
-                for i in todo:
-                    frame = _sample_shard(llm, params, shards[i], iteration, policy, bar)
+                for i, frame in sample_shards(llm, params, {i: shards[i] for i in todo}, iteration, policy, bar):
                     if recipe.loop.mode == "rest":
                         frame["improve_step"] = 1
                     atomic_write_parquet(frame, shard_path(run, iteration, i))
+                    new_tokens += int(frame["completion_tokens"].sum())
                     kill_point("sample:after_shard")
-                    bar.advance(0, tokens=int(frame["completion_tokens"].sum()))
+            stats["generate_s"] = time.perf_counter() - gen_started
         finally:
             stop_engine(llm)
-        stats["generate_s"] = time.perf_counter() - gen_started
+        # This run's rate: the tokens of the shards it wrote (a resumed run's earlier shards are not its work).
+        stats["generated_tokens_this_run"] = new_tokens
+        stats["tokens_per_s"] = new_tokens / max(stats["generate_s"], 1e-9)
     samples = read_samples(run, iteration)
     stats.update(summarise(samples, cfg.n))
-    if "generate_s" in stats:
-        stats["tokens_per_s"] = stats["generated_tokens"] / max(stats["generate_s"], 1e-9)
     run.write_stats(iteration, "sample", stats)
     return stats
 
@@ -118,8 +118,26 @@ def reuse_grown_samples(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     return stats
 
 
-def _sample_shard(llm, params, shard: pd.DataFrame, iteration: int, policy: str, bar) -> pd.DataFrame:
-    completions = generate(llm, list(shard["prompt_token_ids"]), params, bar=bar)
+def sample_shards(llm, params, shards: dict[int, pd.DataFrame], iteration: int, policy: str, bar):
+    """Sample every prompt of ``shards`` in one stream; yields ``(shard, frame)`` as each shard completes.
+
+    Two shards' worth of prompts stay in the engine, each finished prompt replaced by the next, so the
+    engine never idles waiting for a shard's last long sample; a shard's rows (prompt order, then sample
+    index) are yielded as soon as all its prompts have finished.
+    """
+    flat = [(i, row) for i, shard in shards.items() for row in range(len(shard))]
+    done: dict[int, dict[int, list]] = {i: {} for i in shards}
+    ids = [shards[i]["prompt_token_ids"].iloc[row] for i, row in flat]
+    window = 2 * max(len(shard) for shard in shards.values())
+    for position, completions in generate_stream(llm, ids, params, bar=bar, window=window):
+        i, row = flat[position]
+        done[i][row] = completions
+        if len(done[i]) == len(shards[i]):
+            finished = done.pop(i)
+            yield i, _shard_frame(shards[i], [finished[r] for r in range(len(shards[i]))], iteration, policy)
+
+
+def _shard_frame(shard: pd.DataFrame, completions: list, iteration: int, policy: str) -> pd.DataFrame:
     rows = []
     for problem, outs in zip(shard.itertuples(index=False), completions):
         for out in outs:

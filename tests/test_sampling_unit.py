@@ -40,3 +40,80 @@ def test_structured_gold_is_stored_as_json_that_the_code_verifier_reads_back():
     assert parse_code_gold(gold_text(gold)).entry_point == "add"
     assert json.loads(gold_text(["assert f(1) == 2", "assert f(2) == 3"])) == ["assert f(1) == 2", "assert f(2) == 3"]
     assert json.loads(gold_text(np.array(["assert f(1) == 2"]))) == ["assert f(1) == 2"]
+
+
+class FakeEngine:
+    """vLLM's LLM surface that generate_stream uses: enqueue, then llm_engine.step() until done.
+
+    Each step finishes one submitted request, the first of ``finish_order`` that is in flight (not
+    submission order), to show shards complete out of order and rows still land in prompt order.
+    Completions echo the prompt's first token. ``most_in_flight`` records the largest queue seen.
+    """
+
+    def __init__(self, finish_order: list[int], n: int = 2):
+        self.finish_order, self.n, self.prompts, self.in_flight, self.most_in_flight = list(finish_order), n, [], set(), 0
+        self.llm_engine = self
+
+    def enqueue(self, prompts, params, lora_request=None, use_tqdm=False):
+        first = len(self.prompts)
+        self.prompts += [p["prompt_token_ids"] for p in prompts]
+        self.in_flight |= set(range(first, len(self.prompts)))
+        self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        return [f"req{i}-1a2b3c4d" for i in range(first, len(self.prompts))]  # vLLM's internal ids: '<id>-<random>'
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.in_flight)
+
+    def step(self):
+        from types import SimpleNamespace as NS
+
+        i = next((i for i in self.finish_order if i in self.in_flight), None)
+        if i is None:  # what is in flight never finishes
+            self.in_flight.clear()
+            return []
+        self.finish_order.remove(i)
+        self.in_flight.discard(i)
+        outs = [NS(text=f"s{s}", token_ids=[self.prompts[i][0], s], finish_reason="stop", logprobs=None)
+                for s in range(self.n)]
+        return [NS(request_id="other-unfinished", finished=False, outputs=[]), NS(request_id=f"req{i}",
+                                                                                   finished=True, outputs=outs)]
+
+
+def shards_of(first_tokens: list[list[int]]) -> dict[int, pd.DataFrame]:
+    return {i: pd.DataFrame({"prompt_id": [f"p{t}" for t in tokens], "question": ["q"] * len(tokens),
+                             "prompt_text": ["t"] * len(tokens), "prompt_token_ids": [[t, 0] for t in tokens],
+                             "gold": ["1"] * len(tokens)}) for i, tokens in enumerate(first_tokens)}
+
+
+def test_shards_are_yielded_when_complete_from_one_engine_batch():
+    from rest.sampling import sample_shards
+
+    shards = {3: shards_of([[10, 11]])[0], 5: shards_of([[20, 21, 22]])[0]}  # positions 0-1 and 2-4
+    engine = FakeEngine(finish_order=[3, 1, 2, 4, 0])
+    got = list(sample_shards(engine, None, shards, iteration=2, policy="m", bar=None))
+    assert [i for i, _ in got] == [5, 3]  # shard 5's prompts all finish first
+    assert engine.prompts == [[10, 0], [11, 0], [20, 0], [21, 0], [22, 0]]
+    assert engine.most_in_flight == 5  # two shards' worth (2 x 3 prompts) covers all five
+    for i, frame in got:
+        assert frame["prompt_id"].tolist() == [p for p in shards[i]["prompt_id"] for _ in range(2)]
+        assert frame["sample_index"].tolist() == [0, 1] * len(shards[i])
+        assert [ids[0] for ids in frame["completion_token_ids"]] == [t[0] for t in frame["prompt_token_ids"]]
+        assert set(frame["iteration"]) == {2} and set(frame["policy"]) == {"m"}
+
+
+def test_the_window_refills_one_for_one_as_prompts_finish():
+    from rest.generation import generate_stream
+
+    engine = FakeEngine(finish_order=[1, 0, 3, 2, 5, 4, 6])
+    got = list(generate_stream(engine, [[t] for t in range(7)], None, window=2))
+    assert [position for position, _ in got] == [1, 0, 3, 2, 5, 4, 6]
+    assert engine.most_in_flight == 2 and engine.prompts == [[t] for t in range(7)]
+    assert [[c.token_ids[0] for c in completions] for _, completions in got] == [[p, p] for p, _ in got]
+
+
+def test_an_engine_that_stops_early_is_an_error():
+    from rest.generation import generate_stream
+
+    engine = FakeEngine(finish_order=[1])  # prompt 0 never finishes
+    with pytest.raises(EngineError, match="1 of 2 prompts unfinished"):
+        list(generate_stream(engine, [[1], [2]], None))
