@@ -4,7 +4,9 @@
 ``prm__step_rewards`` (sum of a step's token rewards), ``prm__step_q`` (accumulated reward q at each
 step's last token), ``prm__steps``, and the aggregates ``prm__min`` (the default ranking score),
 ``prm__mean``, ``prm__sum`` (= ``prm__last_q`` = q_T, the outcome reward). A completion with no
-tokens has no steps: ``min`` and ``mean`` are NaN, ``sum`` and ``last_q`` are 0.
+tokens has no steps: ``min`` and ``mean`` are NaN, ``sum`` and ``last_q`` are 0. A sample longer than
+``prm.max_length`` (prompt + completion) is not run through the models: it gets no rewards and NaN
+aggregates, so the ``implicit_prm`` filter drops it as ``unscored`` (counted as ``too_long``).
 Steps: see :mod:`rest.prm.steps`.
 """
 from __future__ import annotations
@@ -58,11 +60,14 @@ def score_frame(
     splitter = StepSplitter.from_config(cfg)
     prm_model, reference_model = resolve_model(prm_model), resolve_model(reference_model)
     started = time.perf_counter()
-    requests = [(list(map(int, p)), list(map(int, c)))
-                for p, c in zip(samples["prompt_token_ids"], samples["completion_token_ids"])]
+    everything = [(list(map(int, p)), list(map(int, c)))
+                  for p, c in zip(samples["prompt_token_ids"], samples["completion_token_ids"])]
+    fits = [i for i, (p, c) in enumerate(everything) if len(p) + len(c) <= cfg.max_length]
+    requests = [everything[i] for i in fits]
     tokens = sum(len(c) for _, c in requests)
     stats: dict[str, Any] = {
-        "samples": len(requests), "completion_tokens": tokens, "backend": cfg.backend, "dtype": cfg.dtype,
+        "samples": len(everything), "too_long": len(everything) - len(fits), "completion_tokens": tokens,
+        "backend": cfg.backend, "dtype": cfg.dtype,
         "beta": cfg.beta, "identical_models": same_model(prm_model, reference_model),
         "reference_from_sampler": False, "models_run": 0, "startup_s": 0.0, "scoring_s": 0.0,
     }
@@ -70,7 +75,7 @@ def score_frame(
         # The log-ratio of a model with itself is 0 at every token: nothing to run.
         rewards = [np.zeros(len(c)) for _, c in requests]
     else:
-        reuse = sampler_logprobs(samples, reference_model, cfg, sampler_dtype)
+        reuse = sampler_logprobs(samples.iloc[fits], reference_model, cfg, sampler_dtype)
         stats["reference_from_sampler"] = reuse is not None
         models = [prm_model] if reuse is not None else [prm_model, reference_model]
         logprobs = _run_models(models, requests, cfg, engine, label, share_prompt, stats)
@@ -78,7 +83,9 @@ def score_frame(
         rewards = [cfg.beta * (a.astype(np.float64) - b.astype(np.float64)) for a, b in zip(logprobs[0], reference)]
     steps_started = time.perf_counter()
     tokenizer = _tokenizer(reference_model)
-    columns = [aggregate(r, step_ends(tokenizer, c, splitter)) for r, (_, c) in zip(rewards, requests)]
+    columns = [UNSCORED] * len(everything)
+    for i, r, (_, c) in zip(fits, rewards, requests):
+        columns[i] = aggregate(r, step_ends(tokenizer, c, splitter))
     stats["steps_s"] = time.perf_counter() - steps_started
     frame = samples.copy()
     for name in COLUMNS:
@@ -88,10 +95,16 @@ def score_frame(
         wall_s=wall,
         # Completion tokens whose reward was computed (both models' logprobs), per second of scoring.
         tokens_per_s=tokens / stats["scoring_s"] if stats["scoring_s"] else None,
-        mean_steps=float(np.mean([row["prm__steps"] for row in columns])) if columns else 0.0,
+        mean_steps=float(np.mean([columns[i]["prm__steps"] for i in fits])) if fits else 0.0,
         mean_min=float(np.nanmean(frame["prm__min"])) if frame["prm__min"].notna().any() else None,
     )
     return frame, stats
+
+
+# What a sample the PRM did not see (over prm.max_length) carries.
+UNSCORED: dict[str, Any] = {"prm__token_rewards": [], "prm__step_rewards": [], "prm__step_q": [], "prm__steps": 0,
+                            "prm__min": float("nan"), "prm__mean": float("nan"), "prm__sum": float("nan"),
+                            "prm__last_q": float("nan")}
 
 
 def aggregate(token_rewards: np.ndarray, ends: Sequence[int]) -> dict[str, Any]:

@@ -88,6 +88,26 @@ def test_kv_reuse_and_batching_do_not_change_results(tiny_lm, tiny_prm):
     assert list(shared.columns) == list(samples.columns) + list(COLUMNS)
 
 
+def test_samples_over_max_length_are_left_unscored(tiny_lm, tiny_prm):
+    samples = tiny_samples()  # lengths (prompt + completion): 9, 13, 17 and 11, 15, 19
+    samples["policy"] = tiny_lm
+    samples["logprobs"] = [direct_logprobs(tiny_lm, list(p), list(c)).tolist()
+                           for p, c in zip(samples["prompt_token_ids"], samples["completion_token_ids"])]
+    full, _ = score_frame(samples, tiny_prm, tiny_lm, word_cfg(), sampler_dtype="float32")
+    capped, stats = score_frame(samples, tiny_prm, tiny_lm, word_cfg(max_length=16), sampler_dtype="float32")
+    lengths = [len(p) + len(c) for p, c in zip(samples["prompt_token_ids"], samples["completion_token_ids"])]
+    assert lengths == [9, 13, 17, 11, 15, 19]
+    assert stats["too_long"] == 2 and stats["samples"] == 6 and stats["reference_from_sampler"]
+    assert stats["completion_tokens"] == sum(n - len(p) for n, p in zip(lengths, samples["prompt_token_ids"]) if n <= 16)
+    for fits, a, b in zip((n <= 16 for n in lengths), full.itertuples(), capped.itertuples()):
+        if fits:  # the samples that fit score exactly as without the cap
+            np.testing.assert_allclose(a.prm__token_rewards, b.prm__token_rewards, atol=1e-6)  # batching noise
+            assert a.prm__min == pytest.approx(b.prm__min, abs=1e-6)
+        else:
+            assert list(b.prm__token_rewards) == [] and b.prm__steps == 0
+            assert all(math.isnan(getattr(b, n)) for n in ("prm__min", "prm__mean", "prm__sum", "prm__last_q"))
+
+
 def test_sampler_logprobs_replace_the_reference_only_when_exact(tiny_lm, tiny_prm):
     samples = tiny_samples()
     samples["policy"] = tiny_lm
