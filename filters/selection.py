@@ -132,8 +132,9 @@ class DropTruncated:
 class DifficultyBand:
     """Keep prompts whose sample accuracy is within [lo, hi] (PRIME: [0.2, 0.8]).
 
-    Accuracy = correct / judged over **all** rows of the prompt (unjudged rows, ``correct`` None, are
-    left out; a prompt with none judged is dropped as ``unjudged``). Score = the prompt's accuracy.
+    Accuracy = correct / judged over **all** the policy's rows of the prompt (unjudged rows, ``correct``
+    None, and ReST's mixed-in reference rows, ``policy`` "original", are left out; a prompt with none
+    judged is dropped as ``unjudged``). Score = the prompt's accuracy.
     """
 
     lo: float = 0.2
@@ -145,7 +146,9 @@ class DifficultyBand:
 
     def apply(self, samples: pd.DataFrame, keep: pd.Series, seed: int) -> FilterResult:
         """Every row of a prompt gets the prompt's accuracy and verdict."""
-        correct = samples["correct"]
+        from rest.grown import is_original
+
+        correct = samples["correct"].where(~is_original(samples))
         counts = pd.DataFrame(
             {"prompt_id": samples["prompt_id"], "right": correct.eq(True).fillna(False).astype(bool),
              "judged": correct.notna()}

@@ -62,7 +62,24 @@ def to_problems(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     else:
         gold = frame[cfg.answer_field]
     problems = pd.DataFrame({"prompt_id": ids, "question": questions, "gold": gold})
+    if cfg.reference_template is not None:
+        problems["reference"] = references(frame, cfg.reference_template, cfg.path)
     return problems.drop_duplicates("prompt_id").reset_index(drop=True)
+
+
+def references(frame: pd.DataFrame, template: str, source: str | None) -> list[str]:
+    """``data.reference_template`` filled from each record's fields (the reference solutions ReST mixes in)."""
+    out = []
+    for record in frame.to_dict("records"):
+        try:
+            out.append(template.format_map(record))
+        except KeyError as missing:
+            raise DataError(f"{source or 'data'}: data.reference_template names field {missing}; fields present: "
+                            f"{', '.join(map(str, frame.columns))}") from None
+        except (ValueError, IndexError) as bad:
+            raise DataError(f"data.reference_template is not a valid format string ({bad}); "
+                            "write literal braces as {{ and }}") from None
+    return out
 
 
 def question_id(question: str) -> str:

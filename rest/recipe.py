@@ -49,6 +49,10 @@ class DataConfig(Strict):
     answer_fields: list[str] = Field(
         default_factory=list, description="Fields that together make the gold answer when answer_format is fields."
     )
+    reference_template: str | None = Field(
+        None, description="A reference solution built from each record's fields, e.g. '{answer}' for GSM8K's worked "
+        "solutions or '```python\\n{prompt}{canonical_solution}```' for HumanEval; loop.mix_original trains on it.",
+    )
     train_size: int | None = Field(None, ge=1, description="Training prompts to use (None = all that remain).")
     eval_size: int = Field(32, ge=1, description="Held-out prompts for evaluation; never trained on.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Generator settings.")
@@ -253,7 +257,10 @@ class PrmConfig(Strict):
     max_samples: int | None = Field(
         256, ge=2, description="Class-balanced cap on training samples per update (None = all usable samples)."
     )
-    max_length: int = Field(1024, ge=16, description="Longest prompt + completion the PRM sees, in tokens.")
+    max_length: int = Field(
+        1024, ge=16, description="Longest prompt + completion the PRM sees, in tokens: longer samples are neither "
+        "trained on nor scored (NaN scores; implicit_prm drops them as unscored; counted as too_long).",
+    )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype of the PRM and reference weights.")
     seed: int | None = Field(None, description="Seed of the PRM update; None = recipe seed + iteration.")
     step_delimiter: str = Field("\n\n", description="Text that ends a reasoning step (a regex if step_regex).")
@@ -319,6 +326,10 @@ class LoopConfig(Strict):
     improve_lr_decay: float = Field(
         0.5, gt=0, le=1, description="ReST only: learning rate factor per Improve step after a Grow's first."
     )
+    mix_original: bool = Field(
+        False, description="Add each training prompt's reference solution (data.reference_template) to the grown "
+        "set, as ReST does; it is verified and filtered like a sample (sample_index -1, policy 'original').",
+    )
 
 
 class RunConfig(Strict):
@@ -383,6 +394,12 @@ class Recipe(Strict):
     def _rest_continues_the_policy(self) -> "Recipe":
         if self.loop.mode == "rest" and self.train.init != "previous":
             raise ValueError("loop.mode 'rest' continues the policy at every Improve step: set train.init: previous")
+        return self
+
+    @model_validator(mode="after")
+    def _original_needs_a_reference(self) -> "Recipe":
+        if self.loop.mix_original and self.data.reference_template is None:
+            raise ValueError("loop.mix_original needs data.reference_template (e.g. '{answer}' for GSM8K)")
         return self
 
     @model_validator(mode="after")

@@ -254,14 +254,18 @@ def _with_verdicts(samples: pd.DataFrame, outcomes: list[Outcome]) -> tuple[pd.D
 def verify_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     """Verify iteration ``iteration``'s samples and write ``verified.parquet``; returns stats."""
     from rest.filters.registry import build_verifier
+    from rest.grown import grown_set, is_original
     from rest.rundir import atomic_write_parquet
-    from rest.sampling import read_samples
 
-    samples = read_samples(run, iteration)
+    samples = grown_set(recipe, run, iteration)
     verifier = build_verifier(recipe.verifier.name, recipe.verifier.options)
     judged, data_errors = judge_frame(verifier, samples)
     atomic_write_parquet(judged, run.verified(iteration))
-    stats = verification_stats(judged, data_errors)
+    originals = is_original(judged)
+    stats = verification_stats(judged[~originals], data_errors)  # the policy's accuracy: samples only
+    if recipe.loop.mix_original:
+        stats["original_rows"] = int(originals.sum())
+        stats["original_correct"] = int(judged.loc[originals, "correct"].eq(True).sum())
     run.write_stats(iteration, "verify", stats)
     return stats
 
