@@ -4,6 +4,9 @@ M-step of one tiny real run (vLLM CPU, PRM, TRL, MLflow sqlite), each rerun with
 Kill points (``REST_EM_KILL_AT``, rest/faults.py) sit inside each phase, after part of its work is on
 disk; every step asserts the phase really was cut off before rerunning. A second run directory redoes
 the phases after the E-step without interruption, on the same samples, for comparison.
+
+The same run is the implicit PRM's end-to-end test (one real run costs minutes, so it serves both): the
+PRM update on the outcome labels, scoring, the implicit_prm filter and the held-out PRM metrics.
 """
 from __future__ import annotations
 
@@ -18,14 +21,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-# Not yet seen green end to end (the session ran out under a loaded machine): see the issue notes.
-pytestmark = [pytest.mark.integration, pytest.mark.pending]
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "tests" / "data" / "prm_tiny.yaml"
-OVERRIDES = ["sampling.prompts_per_shard=4", "train.save_steps=1", "train.batch_size=2", "eval.samples=0",
-             "eval.max_tokens=48", "prm.max_samples=16"]
-PROMPTS, N = 12, 6
+OVERRIDES = ["sampling.prompts_per_shard=4", "train.save_steps=1", "train.batch_size=2", "eval.max_tokens=48",
+             "prm.max_samples=16"]
+PROMPTS, N, EVAL_PROMPTS, EVAL_SAMPLES, PRM_CAP = 12, 6, 16, 4, 16
 
 
 def rest(work: Path, *args: str, kill: str | None = None) -> subprocess.CompletedProcess:
@@ -147,3 +149,73 @@ def test_kept_set_and_training_data_equal_an_uninterrupted_run_on_the_same_sampl
     assert train["examples"] == len(clean_kept)
     trained_on = json.loads((run_dir / "iter_001" / "train" / "data_rank0.json").read_text())["samples"]
     assert trained_on and set(trained_on) <= {f"{p}/{i}" for p, i in zip(clean_kept["prompt_id"], clean_kept["sample_index"])}
+
+
+def stats(run: Path, k: int, phase: str) -> dict:
+    return json.loads((run / f"iter_{k:03d}" / "stats" / f"{phase}.json").read_text())
+
+
+def test_the_prm_phases_ran_in_order(crashed):
+    manifest = json.loads((crashed["dir"] / "manifest.json").read_text())
+    finished = manifest["iterations"]["1"]
+    order = sorted(finished, key=lambda phase: finished[phase]["finished"])
+    assert order.index("verify") < order.index("prm_update") < order.index("prm_score") < order.index("select")
+
+
+def test_the_prm_update_learned_from_the_outcome_labels(crashed, builtin_model):
+    import math
+
+    run = crashed["dir"]
+    update = stats(run, 1, "prm_update")
+    verified = pd.read_parquet(run / "iter_001" / "verified.parquet")
+    correct, incorrect = int(verified["correct"].eq(True).sum()), int(verified["correct"].eq(False).sum())
+    assert update["skipped"] is False, update.get("skip_reason")
+    assert update["init"] == update["reference"] == builtin_model
+    assert correct > 0 and update["usable"] == len(verified) == correct + incorrect
+    # Class-balanced cap: half from each class where both have enough, the smaller class whole.
+    assert update["samples_correct"] == min(correct, max(PRM_CAP // 2, PRM_CAP - incorrect))
+    assert update["samples_correct"] + update["samples_incorrect"] == min(PRM_CAP, len(verified))
+    assert update["first_loss"] == pytest.approx(math.log(2), abs=1e-5), "the untrained PRM is its reference"
+    assert update["margin_before"] == 0.0 and update["margin_after"] > 0
+    assert len(update["history"]) == update["steps"] >= 1
+    assert (run / "iter_001" / "prm" / "config.json").is_file()
+
+
+def test_prm_scores_filter_and_plots(crashed):
+    run = crashed["dir"]
+    scored = pd.read_parquet(run / "iter_001" / "scored.parquet")
+    assert scored["prm__sum"].abs().gt(0).all(), "a trained PRM differs from its reference on every sample"
+    assert stats(run, 1, "prm_score")["prm"].endswith("iter_001/prm")
+    verdicts = pd.read_parquet(run / "iter_001" / "verdicts.parquet")
+    judged = verdicts[verdicts["implicit_prm__reason"] != "not_considered"]
+    assert len(judged) == int(verdicts["keep_correct__keep"].sum()) > 0
+    cut = judged["prm__min"].quantile(0.25)  # prm_tiny.yaml: keep the correct samples above the 25% quantile
+    assert judged["implicit_prm__keep"].tolist() == judged["prm__min"].ge(cut).tolist()
+    kept = pd.read_parquet(run / "iter_001" / "kept.parquet")
+    assert kept["correct"].all() and kept["implicit_prm__keep"].all() and len(kept) < len(judged)
+    assert (run / "iter_001" / "plots" / "implicit_prm_scores.png").stat().st_size > 1000
+
+
+def test_heldout_prm_metrics(crashed):
+    from rest.prm.metrics import auroc, hanley_mcneil_stderr
+
+    run = crashed["dir"]
+    base = json.loads((run / "iter_000" / "eval" / "results.json").read_text())
+    assert base["prm_auroc"] in (None, 0.5), "before any update the PRM scores 0 everywhere"
+    results = json.loads((run / "iter_001" / "eval" / "results.json").read_text())
+    samples = pd.read_parquet(run / "iter_001" / "eval" / "samples.parquet")
+    sampled = samples[samples["mode"] == "sampled"]
+    assert len(sampled) == EVAL_PROMPTS * EVAL_SAMPLES and sampled["prm__min"].notna().all()
+    assert samples.loc[samples["mode"] == "greedy", "prm__min"].isna().all()
+    judged = sampled[sampled["correct"].notna()]
+    assert results["prm_auroc"] == pytest.approx(auroc(judged["prm__min"].tolist(), judged["correct"].tolist()))
+    for key in ("best_of_n_prm", "best_of_n_majority", "best_of_n_random"):
+        assert 0 <= results[key] <= 1
+    assert results["best_of_n_random"] == pytest.approx(results["pass@1_sampled"])
+    positives = int(judged["correct"].sum())
+    assert results["prm_auroc_stderr"] == pytest.approx(
+        hanley_mcneil_stderr(results["prm_auroc"], positives, len(judged) - positives))
+    # Not asserted: AUROC > 0.5 + stderr. With this budget the update sees a handful of correct samples
+    # (measured 2026-11-21: 5 of 72 correct, held-out AUROC 0.44 +- 0.085 on 64 samples); the GSM8K
+    # experiment (experiments/gsm8k_smollm2) measures the PRM's ranking on more data.
+    print("held-out PRM:", {k: v for k, v in results.items() if k.startswith(("prm_auroc", "best_of_n"))})
