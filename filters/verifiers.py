@@ -210,6 +210,8 @@ class MathAnswerVerifier:
     fallback_last_number: bool = False  # without any marker, take the last number in the text
     max_chars: int = 1000  # longer answers are not given to math-verify (it can hang on them)
     timeout_seconds: int | None = 5  # math-verify's own timeout, in the main thread only
+    # Imported lazily on the first sample; a fork-server pool imports them once for all its workers.
+    preload_modules: ClassVar[tuple[str, ...]] = ("math_verify", "sympy")
 
     judge = judge_answer
     __call__ = score_answer
