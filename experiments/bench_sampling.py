@@ -1,6 +1,6 @@
 """E-step throughput: rest-em's sample phase vs raw vLLM vs transformers ``generate`` on the same prompts.
 
-    .venv/bin/python experiments/bench_sampling.py [--prompts 256] [--n 8] [--max-tokens 256]
+    .venv/bin/python experiments/bench_sampling.py [--prompts 256] [--n 8] [--max-tokens 256] [--prompts-per-shard 64]
 
 (a) rest-em's ``sample_iteration`` (shards, Parquet, progress, stats) in its own process, (b) raw
 ``vllm.LLM.generate`` with the same engine options (compiled: ``enforce_eager=False``) and the same
@@ -32,7 +32,7 @@ def recipe_dict(args: argparse.Namespace, run_dir: str) -> dict:
         "data": {"source": "file", "path": str(args.data), "train_size": args.prompts, "eval_size": 1},
         "prompt": {"system": "Solve the math problem step by step. End with a line '#### <number>'."},
         "sampling": {"n": args.n, "temperature": 0.7, "top_k": 40, "max_tokens": args.max_tokens,
-                     "prompts_per_shard": 64},
+                     "prompts_per_shard": args.prompts_per_shard},
         "engine": {"dtype": "float32", "enforce_eager": False, "max_model_len": 1024, "cpu_kvcache_gib": 4},
         "run": {"dir": run_dir}, "tracking": {"enabled": False},
     }
@@ -133,6 +133,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--arm", arm, "--out", str(out), "--prompts", str(args.prompts),
                "--n", str(args.n), "--max-tokens", str(args.max_tokens), "--hf-prompts", str(args.hf_prompts),
+               "--prompts-per-shard", str(args.prompts_per_shard),
                "--data", str(args.data), "--workdir", tmp]
         subprocess.run(cmd, check=True, env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
         return json.loads(out.read_text())
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--hf-prompts", type=int, default=32, help="prompts for the transformers arm (a rate)")
+    parser.add_argument("--prompts-per-shard", type=int, default=64, help="rest-em's shard size (arm a)")
     parser.add_argument("--batch-sizes", default="8,16,32,64")
     parser.add_argument("--data", type=Path, default=GSM8K)
     parser.add_argument("--arm", choices=["rest", "vllm", "transformers"], help=argparse.SUPPRESS)
@@ -158,6 +160,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result))
         return
     figures = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "prompts": args.prompts, "n": args.n,
+               "prompts_per_shard": args.prompts_per_shard,
                "max_tokens": args.max_tokens, "loadavg_1min_before": os.getloadavg()[0]}
     for arm in ("rest", "vllm", "transformers"):
         result = run_arm(arm, args)
