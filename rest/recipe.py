@@ -384,7 +384,7 @@ class Recipe(Strict):
         if self.eval.samples:
             known |= {f"pass@{self.eval.k}", f"maj@{self.eval.k}", "pass@1 (sampled)"}
             if self.prm is not None:
-                known |= {"best_of_n_prm", "prm_auroc"}
+                known |= {"best_of_n_prm", "prm_weighted_vote", "prm_auroc"}
         if self.loop.metric not in known:
             raise ValueError(f"loop.metric '{self.loop.metric}' is not evaluated by this recipe; "
                              f"choose one of: {', '.join(sorted(known))}")

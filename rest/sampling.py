@@ -121,15 +121,15 @@ def reuse_grown_samples(recipe: Recipe, run: RunDir, iteration: int) -> dict:
 def sample_shards(llm, params, shards: dict[int, pd.DataFrame], iteration: int, policy: str, bar):
     """Sample every prompt of ``shards`` in one stream; yields ``(shard, frame)`` as each shard completes.
 
-    Two shards' worth of prompts stay in the engine, each finished prompt replaced by the next, so the
-    engine never idles waiting for a shard's last long sample; a shard's rows (prompt order, then sample
-    index) are yielded as soon as all its prompts have finished.
+    Every prompt is queued at once, as ``LLM.generate`` would, so the engine's batch stays as full as vLLM
+    can make it and never drains between shards. vLLM schedules first come, first served, so shards still
+    finish roughly in order; a shard's rows (prompt order, then sample index) are yielded as soon as all its
+    prompts have finished.
     """
     flat = [(i, row) for i, shard in shards.items() for row in range(len(shard))]
     done: dict[int, dict[int, list]] = {i: {} for i in shards}
     ids = [shards[i]["prompt_token_ids"].iloc[row] for i, row in flat]
-    window = 2 * max(len(shard) for shard in shards.values())
-    for position, completions in generate_stream(llm, ids, params, bar=bar, window=window):
+    for position, completions in generate_stream(llm, ids, params, bar=bar):
         i, row = flat[position]
         done[i][row] = completions
         if len(done[i]) == len(shards[i]):

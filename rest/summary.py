@@ -10,7 +10,8 @@ from rest.rundir import PHASES, RunDir
 TIME_COLUMNS = {"sample": ("sample",), "verify": ("verify",), "prm": ("prm_update", "prm_score"),
                 "select": ("select",), "train": ("train",), "eval": ("eval",)}
 COLUMN_NAMES = {"pass@1_sampled": "pass@1\nsampled", "prm_auroc": "AUROC", "best_of_n_prm": "best of n\nby PRM",
-                "best_of_n_majority": "best of n\nby majority", "best_of_n_random": "best of n\nrandom pick"}
+                "prm_weighted_vote": "PRM-weighted\nvote", "best_of_n_majority": "best of n\nby majority",
+                "best_of_n_random": "best of n\nrandom pick"}
 
 
 def iteration_rows(run: RunDir, iterations: int | None = None) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ def score_heldout(recipe: Recipe, run: RunDir, iteration: int, judged: pd.DataFr
     """Score the ``sampled`` rows of an evaluation with the PRM in force after ``iteration``.
 
     Returns every row with the ``prm__*`` columns (None on greedy rows) and the metrics for results.json:
-    ``prm_auroc`` (+ stderr) and ``best_of_n_prm`` / ``best_of_n_majority`` / ``best_of_n_random`` (+ stderrs)
+    ``prm_auroc`` (+ stderr) and ``best_of_n_prm`` / ``prm_weighted_vote`` / ``best_of_n_majority`` /
+    ``best_of_n_random`` (+ stderrs)
     by ``prm.eval_aggregate``, the AUROC of every aggregate, and the scorer's numbers. Call it after the
     vLLM engine stopped: the scorer loads the PRM and the reference itself.
     """

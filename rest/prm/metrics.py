@@ -1,4 +1,4 @@
-"""How good a PRM is on held-out samples: AUROC against outcome correctness, and best-of-N selection."""
+"""How good a PRM is on held-out samples: AUROC against outcome correctness, best-of-N and weighted voting."""
 from __future__ import annotations
 
 import math
@@ -67,6 +67,26 @@ def best_of_n_prm(scores: Sequence[float], correct: Sequence[bool | None]) -> fl
     return sum(winners) / len(winners)
 
 
+def prm_weighted_vote(answers: Sequence[str | None], scores: Sequence[float], correct: Sequence[bool | None]) -> float:
+    """Correctness of the answer with the largest sum of ``sigmoid(score)`` over the responses giving it
+    (ALGORITHMS.md, Implicit PRM). Responses without an answer do not vote, a missing score weighs 0, and
+    tied answers count as the expected value of a random pick among them; no answer at all is wrong."""
+    weights: dict[str, float] = {}
+    right: dict[str, bool] = {}
+    for answer, score, ok in zip(answers, scores, correct):
+        if answer is None:
+            continue
+        value = float(score) if score is not None else math.nan
+        weight = 1 / (1 + math.exp(-value)) if math.isfinite(value) else 0.0
+        weights[answer] = weights.get(answer, 0.0) + weight
+        right[answer] = right.get(answer, False) or ok is True
+    if not weights:
+        return 0.0
+    top = max(weights.values())
+    winners = [right[a] for a, w in weights.items() if w == top]
+    return sum(winners) / len(winners)
+
+
 def best_of_n_random(correct: Sequence[bool | None]) -> float:
     """Expected correctness of a uniformly random pick among the responses."""
     if not correct:
@@ -76,7 +96,8 @@ def best_of_n_random(correct: Sequence[bool | None]) -> float:
 
 def prm_eval_metrics(samples: pd.DataFrame, score_column: str) -> dict:
     """AUROC (and its Hanley-McNeil stderr) of ``score_column`` vs ``correct`` over all judged samples, and
-    best-of-N accuracy per prompt by PRM score, majority vote (``answer``) and random pick, with stderrs.
+    accuracy per prompt of best-of-N by PRM score, PRM-weighted vote, majority vote (``answer``) and random
+    pick, with stderrs.
 
     The AUROC is None when the judged samples hold only one class (it is undefined then).
     """
@@ -94,10 +115,12 @@ def prm_eval_metrics(samples: pd.DataFrame, score_column: str) -> dict:
         metrics["prm_auroc"], metrics["prm_auroc_stderr"] = auc, hanley_mcneil_stderr(auc, positives, negatives)
     else:
         metrics["prm_auroc"] = metrics["prm_auroc_stderr"] = None
-    per_prompt: dict[str, list[float]] = {"best_of_n_prm": [], "best_of_n_majority": [], "best_of_n_random": []}
+    per_prompt: dict[str, list[float]] = {"best_of_n_prm": [], "prm_weighted_vote": [], "best_of_n_majority": [],
+                                          "best_of_n_random": []}
     for _, group in samples.sort_values("sample_index").groupby("prompt_id", sort=False):
         correct = group["correct"].tolist()
         per_prompt["best_of_n_prm"].append(best_of_n_prm(group[score_column].tolist(), correct))
+        per_prompt["prm_weighted_vote"].append(prm_weighted_vote(list(group["answer"]), group[score_column].tolist(), correct))
         per_prompt["best_of_n_majority"].append(float(majority_correct(list(group["answer"]), correct)))
         per_prompt["best_of_n_random"].append(best_of_n_random(correct))
     for name, values in per_prompt.items():

@@ -6,11 +6,9 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 pytestmark = pytest.mark.integration
 

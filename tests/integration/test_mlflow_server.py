@@ -1,14 +1,10 @@
-"""A tiny real `rest run` logging to a real `mlflow server` on 127.0.0.1; the run tree read back with MlflowClient."""
+"""A tiny real `rest run` logging to a real `mlflow server` on 127.0.0.1; the run tree read back with MlflowClient.
+
+The run and the server: tests/integration/conftest.py (tiny_run, mlflow_server).
+"""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -18,100 +14,27 @@ import rest
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "data" / "tiny.yaml"
-# The tiny recipe with a smaller evaluation, sampled system metrics every 2 s, and its own experiment.
-OVERRIDES = ["data.eval_size=4", "eval.samples=2", "eval.k=2", "tracking.system_metrics_interval_s=2",
-             "tracking.experiment=served"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """`mlflow server` with a sqlite store and proxied artifacts, on a free local port; killed at the end."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    # No background job runner: it is not needed here and costs CPU on a small machine.
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(root / "server.log", "wb")
-    server = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not come up: " + (root / "server.log").read_text()[-3000:]
-            time.sleep(1)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def served_run(mlflow_server, tmp_path_factory, builtin_model):
-    """One tiny `rest run` logging to the server."""
-    from mlflow.tracking import MlflowClient
-
-    work = tmp_path_factory.mktemp("served")
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "rest.cli.app", "run", str(TINY), "--run-dir", str(work / "run"),
-           f"tracking.tracking_uri={mlflow_server}", *OVERRIDES]
-    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert not (work / "mlflow.db").exists(), "everything went to the server"
-    client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("served")
-    runs = client.search_runs([experiment.experiment_id])
-    return {"run": work / "run", "work": work, "out": done.stdout, "client": client, "url": mlflow_server,
-            "parents": [r for r in runs if "mlflow.parentRunId" not in r.data.tags],
-            "children": {r.data.tags["rest.iteration"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}}
-
-
-def stats(run: Path, k: int, phase: str) -> dict:
-    return json.loads((run / f"iter_{k:03d}" / "stats" / f"{phase}.json").read_text())
-
 
 def download(client, run_id: str, path: str, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, path, str(dst)))
 
 
-def test_parent_and_one_nested_run_per_iteration(served_run):
-    manifest = json.loads((served_run["run"] / "manifest.json").read_text())
-    assert len(served_run["parents"]) == 1
-    parent = served_run["parents"][0]
+def test_parent_and_one_nested_run_per_iteration(tiny_run):
+    manifest = json.loads((tiny_run["dir"] / "manifest.json").read_text())
+    assert not (tiny_run["work"] / "mlflow.db").exists(), "everything went to the server"
+    assert len(tiny_run["parents"]) == 1, "the rerun continued the same parent run"
+    parent = tiny_run["parents"][0]
     assert parent.info.run_id == manifest["mlflow"]["parent_run_id"] and parent.info.status == "FINISHED"
     tags, params = parent.data.tags, parent.data.params
     assert tags["rest.recipe_hash"] == manifest["recipe_hash"]
     assert tags["rest.package_version"] == rest.__version__ == manifest["package_version"]
     assert tags["rest.git_commit"] == str(manifest["git_commit"]) and tags["rest.seed"] == "0"
-    assert (params["sampling.n"], params["data.eval_size"], params["eval.k"]) == ("6", "4", "2")
+    assert (params["sampling.n"], params["data.eval_size"], params["eval.k"]) == ("6", "8", "4")
     assert params["filters.0.name"] == "keep_correct" and params["filters.1.options.max_per_prompt"] == "10"
-    recipe = download(served_run["client"], parent.info.run_id, "recipe.yaml", served_run["work"] / "dl")
-    assert recipe.read_text() == (served_run["run"] / "recipe.yaml").read_text()
-    children = served_run["children"]
+    recipe = download(tiny_run["client"], parent.info.run_id, "recipe.yaml", tiny_run["work"] / "dl")
+    assert recipe.read_text() == (tiny_run["dir"] / "recipe.yaml").read_text()
+    children = tiny_run["children"]
     assert sorted(children) == ["0", "1"] == sorted(manifest["mlflow"]["iterations"])
     for k, child in children.items():
         assert child.info.run_id == manifest["mlflow"]["iterations"][k] and child.info.status == "FINISHED"
@@ -122,36 +45,36 @@ def test_parent_and_one_nested_run_per_iteration(served_run):
     assert children["1"].data.params["seed.train"] == "1" and children["1"].data.params["seed.sample_engine"] == "1"
 
 
-def test_metrics_equal_the_run_directorys_stats(served_run):
+def test_metrics_equal_the_run_directorys_stats(tiny_run, phase_stats):
     from rest.tracking import history_metrics, numeric_items
 
-    run, client = served_run["run"], served_run["client"]
+    run, client = tiny_run["dir"], tiny_run["client"]
     manifest = json.loads((run / "manifest.json").read_text())
     checked = 0
     for k, phases in manifest["iterations"].items():
-        child = served_run["children"][k]
+        child = tiny_run["children"][k]
         for phase in phases:
-            expected = numeric_items(stats(run, int(k), phase), phase)
+            expected = numeric_items(phase_stats(run, int(k), phase), phase)
             assert expected, f"{phase} of iteration {k} has numbers"
             for name, value in expected.items():
                 assert child.data.metrics[name] == pytest.approx(value), name
                 checked += 1
             assert child.data.metrics[f"{phase}/wall_s"] > 0
-            for step, values in history_metrics(phase, stats(run, int(k), phase).get("history", [])):
+            for step, values in history_metrics(phase, phase_stats(run, int(k), phase).get("history", [])):
                 for name, value in values.items():
                     logged = {m.step: m.value for m in client.get_metric_history(child.info.run_id, name)}
                     assert logged[step] == pytest.approx(value)
     assert checked > 40
-    assert served_run["children"]["1"].data.metrics["select/kept"] == len(pd.read_parquet(run / "iter_001" / "kept.parquet"))
-    parent_pass1 = client.get_metric_history(served_run["parents"][0].info.run_id, "eval/pass_at_1")
-    assert {m.step: m.value for m in parent_pass1} == {k: stats(run, k, "eval")["pass@1"] for k in (0, 1)}
+    assert tiny_run["children"]["1"].data.metrics["select/kept"] == len(pd.read_parquet(run / "iter_001" / "kept.parquet"))
+    parent_pass1 = client.get_metric_history(tiny_run["parents"][0].info.run_id, "eval/pass_at_1")
+    assert {m.step: m.value for m in parent_pass1} == {k: phase_stats(run, k, "eval")["pass@1"] for k in (0, 1)}
 
 
-def test_kept_set_is_a_dataset_input(served_run):
+def test_kept_set_is_a_dataset_input(tiny_run):
     import mlflow.data
 
-    run, client = served_run["run"], served_run["client"]
-    child = served_run["children"]["1"]
+    run, client = tiny_run["dir"], tiny_run["client"]
+    child = tiny_run["children"]["1"]
     kept = pd.read_parquet(run / "iter_001" / "kept.parquet")
     assert len(kept) > 0, "the tiny run must keep something or this test proves nothing"
     (dataset_input,) = child.inputs.dataset_inputs
@@ -162,15 +85,15 @@ def test_kept_set_is_a_dataset_input(served_run):
     assert json.loads(dataset.profile)["num_rows"] == len(kept)
     assert dataset.digest == mlflow.data.from_pandas(kept, source="x").digest
     assert dataset.source_type == "local" and json.loads(dataset.source)["uri"] == str(run / "iter_001" / "kept.parquet")
-    copy = download(client, child.info.run_id, tags["rest.artifact"], served_run["work"] / "dl_kept")
+    copy = download(client, child.info.run_id, tags["rest.artifact"], tiny_run["work"] / "dl_kept")
     assert pd.read_parquet(copy).equals(kept)
-    assert not served_run["children"]["0"].inputs.dataset_inputs, "the base evaluation trains on nothing"
+    assert not tiny_run["children"]["0"].inputs.dataset_inputs, "the base evaluation trains on nothing"
 
 
-def test_sample_tables_and_plots(served_run):
-    run, client = served_run["run"], served_run["client"]
-    child, parent = served_run["children"]["1"], served_run["parents"][0]
-    path = download(client, child.info.run_id, "tables/samples.json", served_run["work"] / "dl_tables")
+def test_sample_tables_and_plots(tiny_run):
+    run, client = tiny_run["dir"], tiny_run["client"]
+    child, parent = tiny_run["children"]["1"], tiny_run["parents"][0]
+    path = download(client, child.info.run_id, "tables/samples.json", tiny_run["work"] / "dl_tables")
     table = json.loads(path.read_text())
     rows = pd.DataFrame(table["data"], columns=table["columns"])
     verdicts = pd.read_parquet(run / "iter_001" / "verdicts.parquet")
@@ -180,32 +103,32 @@ def test_sample_tables_and_plots(served_run):
     assert len(merged) == 72 and (merged["kept"] == merged["kept_disk"]).all()
     assert (merged["completion"] == merged["completion_disk"]).all() and (merged["prompt"] == merged["question"]).all()
     for k in ("0", "1"):
-        artifacts = {a.path for a in client.list_artifacts(served_run["children"][k].info.run_id, "tables")}
+        artifacts = {a.path for a in client.list_artifacts(tiny_run["children"][k].info.run_id, "tables")}
         assert "tables/eval_samples.json" in artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"plots/metrics_by_iteration.png", "plots/kept_fraction_by_iteration.png"}
-    png = download(client, parent.info.run_id, "plots/metrics_by_iteration.png", served_run["work"] / "dl_plots")
+    png = download(client, parent.info.run_id, "plots/metrics_by_iteration.png", tiny_run["work"] / "dl_plots")
     assert png.read_bytes()[:4] == b"\x89PNG"
     kept = str(len(pd.read_parquet(run / "iter_001" / "kept.parquet")))
     assert f"| 1 | 72 | {kept} |" in parent.data.tags["mlflow.note.content"]
 
 
-def test_system_metrics_per_iteration(served_run):
-    client = served_run["client"]
+def test_system_metrics_per_iteration(tiny_run):
+    client = tiny_run["client"]
     for k in ("0", "1"):
-        run_id = served_run["children"][k].info.run_id
+        run_id = tiny_run["children"][k].info.run_id
         cpu = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
         memory = client.get_metric_history(run_id, "system/system_memory_usage_megabytes")
         assert len(cpu) >= 3 and all(0 <= m.value <= 100 for m in cpu)
         assert memory and all(m.value > 100 for m in memory)
 
 
-def test_end_of_run_summary_points_to_the_runs(served_run):
-    out, parent = served_run["out"], served_run["parents"][0]
+def test_end_of_run_summary_points_to_the_runs(tiny_run):
+    out, parent = tiny_run["first"].stdout, tiny_run["parents"][0]
     assert "rest-em iterations" in out and "wall time per phase" in out
     assert "stopped: finished all iterations" in out
-    assert f"run directory: {served_run['run']}" in out
-    assert f"MLflow: {served_run['url']}  parent run {parent.info.run_id}" in out
+    assert f"run directory: {tiny_run['dir']}" in out
+    assert f"MLflow: {tiny_run['url']}  parent run {parent.info.run_id}" in out
 
 
 def test_history_prm_plots_and_scores_reach_the_iteration_run(mlflow_server, tmp_path):

@@ -40,16 +40,13 @@ def rest_run(tmp_path_factory, builtin_model):
     return {"dir": work / "run", "out": done.stdout, "again": again.stdout}
 
 
-def stats(run: Path, k: int, phase: str) -> dict:
-    return json.loads((run / f"iter_{k:03d}" / "stats" / f"{phase}.json").read_text())
-
 
 def samples(run: Path, k: int) -> pd.DataFrame:
     shards = sorted((run / f"iter_{k:03d}" / "samples").glob("shard-*.parquet"))
     return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
 
 
-def test_improve_step_refilters_the_grown_samples(rest_run):
+def test_improve_step_refilters_the_grown_samples(rest_run, phase_stats):
     grown, improved = samples(rest_run["dir"], 1), samples(rest_run["dir"], 2)
     key = ["prompt_id", "sample_index"]
     grown, improved = grown.sort_values(key).reset_index(drop=True), improved.sort_values(key).reset_index(drop=True)
@@ -58,12 +55,12 @@ def test_improve_step_refilters_the_grown_samples(rest_run):
     assert improved["completion_token_ids"].map(list).tolist() == grown["completion_token_ids"].map(list).tolist()
     assert set(grown["iteration"]) == {1} and set(improved["iteration"]) == {2}
     assert set(grown["improve_step"]) == {1} and set(improved["improve_step"]) == {2}
-    sample_stats = stats(rest_run["dir"], 2, "sample")
+    sample_stats = phase_stats(rest_run["dir"], 2, "sample")
     assert (sample_stats["grown_in"], sample_stats["generated_tokens"], sample_stats["samples"]) == (1, 0, 32)
     assert "engine_start_s" not in sample_stats  # no engine was started for an Improve step
 
 
-def test_the_grown_set_mixes_in_the_reference_solutions(rest_run):
+def test_the_grown_set_mixes_in_the_reference_solutions(rest_run, phase_stats):
     from rest.data import load_splits
     from rest.recipe import load_recipe
 
@@ -75,16 +72,16 @@ def test_the_grown_set_mixes_in_the_reference_solutions(rest_run):
         assert set(originals["sample_index"]) == {-1}
         assert (originals["completion"] == problems.loc[originals.index, "reference"]).all()
         assert originals["correct"].all(), "a synthetic reference solution ends in its own gold answer"
-        verify = stats(rest_run["dir"], k, "verify")
+        verify = phase_stats(rest_run["dir"], k, "verify")
         assert (verify["samples"], verify["original_rows"], verify["original_correct"]) == (32, 8, 8)
     kept = pd.read_parquet(rest_run["dir"] / "iter_001" / "kept.parquet")
-    train = stats(rest_run["dir"], 1, "train")
+    train = phase_stats(rest_run["dir"], 1, "train")
     assert kept["policy"].eq("original").sum() >= 1, "a correct reference passes keep_correct"
     assert train["examples"] + train["eval_examples"] + train["dropped_overlong"] == len(kept)
 
 
-def test_improve_step_continues_the_policy_at_a_decayed_learning_rate(rest_run):
-    first, second = stats(rest_run["dir"], 1, "train"), stats(rest_run["dir"], 2, "train")
+def test_improve_step_continues_the_policy_at_a_decayed_learning_rate(rest_run, phase_stats):
+    first, second = phase_stats(rest_run["dir"], 1, "train"), phase_stats(rest_run["dir"], 2, "train")
     assert Path(second["init"]) == rest_run["dir"] / "iter_001" / "model"
     lr1 = {row["learning_rate"] for row in first["history"] if "learning_rate" in row}
     lr2 = {row["learning_rate"] for row in second["history"] if "learning_rate" in row}
@@ -92,12 +89,12 @@ def test_improve_step_continues_the_policy_at_a_decayed_learning_rate(rest_run):
     assert lr2.pop() == pytest.approx(lr1.pop() * 0.5)
 
 
-def test_loop_stopped_early_and_recorded_the_best_iteration(rest_run):
+def test_loop_stopped_early_and_recorded_the_best_iteration(rest_run, phase_stats):
     manifest = json.loads((rest_run["dir"] / "manifest.json").read_text())
     assert sorted(manifest["iterations"]) == ["0", "1", "2"]
     assert not (rest_run["dir"] / "iter_003").exists()
     assert "early stop: pass@1 has not improved on iteration 0's" in rest_run["out"]
-    base = stats(rest_run["dir"], 0, "eval")["pass@1"]
+    base = phase_stats(rest_run["dir"], 0, "eval")["pass@1"]
     assert manifest["best"]["iteration"] == 0 and manifest["best"]["value"] == pytest.approx(base)
     # The rerun reaches the same decision from the files and starts no phase.
     assert "early stop" in rest_run["again"]

@@ -1,8 +1,11 @@
-"""End to end: `rest run` on the tiny recipe with the real vLLM CPU build, TRL and MLflow (sqlite store)."""
+"""End to end: `rest run` on the tiny recipe with the real vLLM CPU build, TRL and MLflow; the run directory.
+
+The run (tests/integration/conftest.py: tiny_run) logs to a real `mlflow server`; test_mlflow_server.py
+reads the same run back through MlflowClient.
+"""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,32 +14,6 @@ import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "data" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, builtin_model):
-    """Run the tiny recipe once; every test below inspects the same run."""
-    work = tmp_path_factory.mktemp("tiny")
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
-    cmd = [sys.executable, "-m", "rest.cli.app", "run", str(TINY), "--run-dir", str(work / "run")]
-    first = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    manifest_after_first = json.loads((work / "run" / "manifest.json").read_text())
-    logs_after_first = {str(p): p.stat().st_size for p in (work / "run").glob("iter_*/logs/*.log")}
-    again = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    return {"dir": work / "run", "work": work, "env": env, "first": first, "again": again,
-            "manifest_after_first": manifest_after_first, "base": builtin_model,
-            "logs_after_first": logs_after_first,
-            "logs_after_again": {str(p): p.stat().st_size for p in (work / "run").glob("iter_*/logs/*.log")}}
-
-
-def stats(run: Path, k: int, phase: str) -> dict:
-    return json.loads((run / f"iter_{k:03d}" / "stats" / f"{phase}.json").read_text())
-
 
 def test_every_phase_finished_and_outputs_exist(tiny_run):
     run = tiny_run["dir"]
@@ -49,7 +26,7 @@ def test_every_phase_finished_and_outputs_exist(tiny_run):
     assert list((run / "iter_001" / "samples").glob("shard-*.parquet"))
 
 
-def test_sample_counts_agree(tiny_run):
+def test_sample_counts_agree(tiny_run, phase_stats):
     run = tiny_run["dir"]
     samples = pd.concat(pd.read_parquet(p) for p in sorted((run / "iter_001" / "samples").glob("*.parquet")))
     assert len(samples) == 12 * 6
@@ -60,19 +37,19 @@ def test_sample_counts_agree(tiny_run):
     assert first["prompt_text"].startswith("<|im_start|>system")
     assert len(first["completion_token_ids"]) > 0 and first["completion"]
     assert samples["truncated"].eq(samples["finish_reason"].eq("length")).all()
-    assert stats(run, 1, "sample")["samples"] == len(samples)
+    assert phase_stats(run, 1, "sample")["samples"] == len(samples)
 
 
-def test_selection_kept_correct_samples_and_counts_agree(tiny_run):
+def test_selection_kept_correct_samples_and_counts_agree(tiny_run, phase_stats):
     run = tiny_run["dir"]
     verdicts = pd.read_parquet(run / "iter_001" / "verdicts.parquet")
     kept = pd.read_parquet(run / "iter_001" / "kept.parquet")
     assert len(verdicts) == 72, "dropped samples stay on disk"
     assert len(kept) > 0, "the tiny run must keep something or the test proves nothing"
-    assert len(kept) == int(verdicts["kept"].sum()) == stats(run, 1, "select")["kept"]
+    assert len(kept) == int(verdicts["kept"].sum()) == phase_stats(run, 1, "select")["kept"]
     assert kept["correct"].eq(True).all()
     assert kept.groupby("prompt_id").size().max() <= 10
-    assert int(verdicts["correct"].eq(True).sum()) == stats(run, 1, "verify")["correct"]
+    assert int(verdicts["correct"].eq(True).sum()) == phase_stats(run, 1, "verify")["correct"]
     assert {"keep_correct__keep", "per_prompt_cap__keep", "keep_correct__reason"} <= set(verdicts.columns)
 
 
@@ -86,11 +63,11 @@ def test_positive_control_gold_as_completion_verifies(tiny_run):
         assert verifier(f"#### {int(row['gold']) + 1}", row["gold"], row) == 0.0
 
 
-def test_training_logged_a_loss_and_changed_the_weights(tiny_run):
+def test_training_logged_a_loss_and_changed_the_weights(tiny_run, phase_stats):
     from safetensors.torch import load_file
 
     run = tiny_run["dir"]
-    train = stats(run, 1, "train")
+    train = phase_stats(run, 1, "train")
     assert train["steps"] >= 1 and 0 < train["train_loss"] < 20
     assert train["init"] == tiny_run["base"], "ReST-EM trains from the base model"
     trained = load_file(str(run / "iter_001" / "model" / "model.safetensors"))
@@ -99,11 +76,11 @@ def test_training_logged_a_loss_and_changed_the_weights(tiny_run):
     assert len(changed) > len(base) // 2, "most weight tensors must have moved"
 
 
-def test_trainer_sees_prompt_plus_completion_exactly_as_sampled(tiny_run):
+def test_trainer_sees_prompt_plus_completion_exactly_as_sampled(tiny_run, phase_stats):
     run = tiny_run["dir"]
     first = pd.read_parquet(run / "iter_001" / "kept.parquet").iloc[0]
     prompt, completion = list(first["prompt_token_ids"]), list(first["completion_token_ids"])
-    seen = stats(run, 1, "train")["trainer_example_0"]
+    seen = phase_stats(run, 1, "train")["trainer_example_0"]
     eos = 2  # SmolLM2's <|im_end|>; the sampler returns it when the completion ended on it
     assert first["finish_reason"] != "stop" or completion[-1] == eos
     assert seen["input_ids"] == prompt + completion
@@ -130,36 +107,6 @@ def test_evaluation_of_base_and_trained_policy(tiny_run):
         assert results["maj@4"] <= results["pass@4"] and results["pass@1_sampled"] <= results["pass@4"]
         assert results["pass@4_stderr"] >= 0
     assert json.loads((run / "iter_001" / "eval" / "results.json").read_text())["policy"].endswith("iter_001/model")
-
-
-def test_mlflow_run_tree(tiny_run):
-    from mlflow.tracking import MlflowClient
-
-    run = tiny_run["dir"]
-    client = MlflowClient(tiny_run["env"]["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1, "a rerun continues the same parent run"
-    parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert sorted(r.data.tags["rest.iteration"] for r in children) == ["0", "1"]
-    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
-    assert parent.data.params["sampling.n"] == "6"
-    assert parent.data.tags["rest.recipe_hash"] == json.loads((run / "manifest.json").read_text())["recipe_hash"]
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert "recipe.yaml" in artifacts
-    one = next(r for r in children if r.data.tags["rest.iteration"] == "1")
-    metrics = one.data.metrics
-    assert metrics["sample/samples"] == 72
-    assert metrics["select/kept"] == len(pd.read_parquet(run / "iter_001" / "kept.parquet"))
-    assert metrics["select/kept_fraction"] == pytest.approx(metrics["select/kept"] / 72)
-    assert metrics["train/train_loss"] == pytest.approx(stats(run, 1, "train")["train_loss"])
-    assert metrics["eval/pass_at_1"] == pytest.approx(stats(run, 1, "eval")["pass@1"])
-    assert "data" in {a.path for a in client.list_artifacts(one.info.run_id)}
-    loss_curve = client.get_metric_history(one.info.run_id, "train/loss_curve")
-    assert len(loss_curve) == stats(run, 1, "train")["steps"]
 
 
 def test_rerun_resumes_without_redoing_work_and_prints_the_table(tiny_run):

@@ -21,7 +21,7 @@ BATCH_RECIPE = {
     "name": "batch",
     "seed": 3,
     "data": {"source": "synthetic", "train_size": 256, "eval_size": 8},
-    "sampling": {"n": 4, "max_tokens": 24, "prompts_per_shard": 64},
+    "sampling": {"n": 4, "max_tokens": 16, "prompts_per_shard": 64},
     "engine": {"dtype": "float32", "enforce_eager": True, "max_model_len": 256, "cpu_kvcache_gib": 2},
     "tracking": {"enabled": False},
 }
@@ -75,8 +75,8 @@ def check_complete_e_step(run: Path, policy: str) -> None:
     assert all(sorted(ix) == [0, 1, 2, 3] for _, ix in samples.groupby("prompt_id")["sample_index"])
     assert not samples.duplicated(["iteration", "prompt_id", "sample_index"]).any()
     assert samples["iteration"].eq(1).all() and samples["policy"].eq(policy).all()
-    assert samples["completion_token_ids"].map(len).between(1, 24).all()
-    assert samples["truncated"].eq(samples["completion_token_ids"].map(len).eq(24) & samples["finish_reason"].eq("length")).all()
+    assert samples["completion_token_ids"].map(len).between(1, 16).all()
+    assert samples["truncated"].eq(samples["completion_token_ids"].map(len).eq(16) & samples["finish_reason"].eq("length")).all()
     stats = json.loads((run / "iter_001" / "stats" / "sample.json").read_text())
     assert stats["shards_resumed"] == 2 and stats["prompts_with_n_samples"] == 256
     assert stats["generated_tokens"] == int(samples["completion_token_ids"].map(len).sum())

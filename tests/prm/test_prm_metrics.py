@@ -6,7 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from rest.prm.metrics import auroc, best_of_n_prm, best_of_n_random, hanley_mcneil_stderr, prm_eval_metrics
+from rest.prm.metrics import (auroc, best_of_n_prm, best_of_n_random, hanley_mcneil_stderr, prm_eval_metrics,
+                              prm_weighted_vote)
 
 
 def test_auroc_literal_values():
@@ -44,6 +45,17 @@ def test_best_of_n_picks_by_score_with_ties_as_expected_value():
     assert best_of_n_random([True, False, None, True]) == 0.5
 
 
+def test_weighted_vote_sums_sigmoid_scores_per_answer():
+    # "7": 2 x sigmoid(-1) = 0.538 loses to "9": sigmoid(0.5) = 0.622, although "7" has the majority.
+    assert prm_weighted_vote(["7", "7", "9"], [-1.0, -1.0, 0.5], [False, False, True]) == 1.0
+    # Three weak votes beat one strong one: 3 x sigmoid(0) = 1.5 > sigmoid(3) = 0.95.
+    assert prm_weighted_vote(["1", "1", "1", "2"], [0.0, 0.0, 0.0, 3.0], [True, True, True, False]) == 1.0
+    assert prm_weighted_vote(["1", "2"], [0.0, 0.0], [True, False]) == 0.5, "a tie is a coin flip"
+    assert prm_weighted_vote(["1", "2"], [float("nan"), -5.0], [True, False]) == 0.0, "a missing score weighs 0"
+    assert prm_weighted_vote([None, "2"], [9.0, -9.0], [True, False]) == 0.0, "no answer, no vote"
+    assert prm_weighted_vote([None, None], [1.0, 1.0], [None, None]) == 0.0
+
+
 def test_prm_eval_metrics_on_a_literal_frame():
     frame = pd.DataFrame({
         "prompt_id": ["a"] * 4 + ["b"] * 4,
@@ -59,6 +71,8 @@ def test_prm_eval_metrics_on_a_literal_frame():
     assert (metrics["prm_eval_samples"], metrics["prm_eval_correct"]) == (7, 2)
     assert metrics["best_of_n_prm"] == 0.5  # a: picks the correct 0.5; b: picks 0.1, wrong
     assert metrics["best_of_n_majority"] == 0.0  # a: "7" wins, wrong; b: "4" wins, wrong
+    # a: "9" (0.62) outweighs "7" (2 x 0.27), correct; b: "4" (0.52 + 0.45) outweighs "3" (0.38), wrong
+    assert metrics["prm_weighted_vote"] == 0.5 and metrics["prm_weighted_vote_stderr"] == pytest.approx(0.5)
     assert metrics["best_of_n_random"] == pytest.approx((1 / 4 + 1 / 4) / 2)
     assert metrics["best_of_n_prm_stderr"] == pytest.approx(0.5)
 
