@@ -4,7 +4,8 @@
 
 Prints a Markdown table (per arm and iteration: kept samples, train loss, validation metrics with their
 standard errors, wall time per phase, tokens generated), the paired greedy pass@1 differences (each
-iteration vs the base model; the PRM arm vs the outcome arm) and writes ``pass_at_1.png`` beside this file.
+iteration vs the base model; the PRM arm vs the outcome arm), the held-out PRM figures where a PRM ran
+(AUROC, best-of-4 by PRM, PRM-weighted vote, majority, random pick) and writes ``pass_at_1.png`` beside this file.
 Paired differences use the same 200 validation problems on both sides: stderr = sd(d) / sqrt(n).
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from rest.summary import iteration_rows
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("pass@1", "pass@1_sampled", "pass@4", "maj@4")
+# The PRM arm's held-out PRM figures: AUROC vs outcome correctness, and picking one of the 4 samples per problem.
+PRM_METRICS = ("prm_auroc", "best_of_n_prm", "prm_weighted_vote", "best_of_n_majority", "best_of_n_random")
 
 
 def greedy_correct(run: RunDir, iteration: int) -> pd.Series | None:
@@ -66,6 +69,16 @@ def table(arms: dict[str, RunDir]) -> str:
                      f"{tokens:,}"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def prm_table(arms: dict[str, RunDir]) -> str:
+    """One Markdown row per iteration that evaluated a PRM (the PRM arm's), empty when none did."""
+    lines = ["| arm | iter | " + " | ".join(PRM_METRICS) + " |", "|" + "---|" * (len(PRM_METRICS) + 2)]
+    for name, run in arms.items():
+        for row in iteration_rows(run):
+            if row.get("prm_auroc") is not None or row.get("best_of_n_prm") is not None:
+                lines.append(f"| {name} | {row['iteration']} | " + " | ".join(cell(row, m) for m in PRM_METRICS) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def differences(arms: dict[str, RunDir]) -> str:
@@ -124,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     arms = {p.name: RunDir(p) for p in args.runs}
     print(table(arms))
     print()
+    if prm := prm_table(arms):
+        print(prm)
+        print()
     print(differences(arms))
     plot(arms, args.plot)
     print(f"\nplot: {args.plot}")
