@@ -1,13 +1,13 @@
 """E-step throughput: rest-em's sample phase vs raw vLLM vs transformers ``generate`` on the same prompts.
 
     .venv/bin/python experiments/bench_sampling.py [--prompts 256] [--n 8] [--max-tokens 256] [--prompts-per-shard 64]
-        [--arms rest,vllm,transformers]
+        [--arms rest,vllm,transformers] [--dtype float32]
 
 (a) rest-em's ``sample_iteration`` (shards, Parquet, progress, stats) in its own process, (b) raw
 ``vllm.LLM.generate`` with the same engine options (compiled: ``enforce_eager=False``) and the same
 SamplingParams in its own process, (c) transformers ``generate`` at batch sizes 8, 16, 32, 64 on the first
 ``--hf-prompts`` prompts (a rate: its fastest batch size is what is compared). Every arm samples GSM8K
-training questions with the built-in model in float32; generated tokens/s excludes engine start-up, which
+training questions with the built-in model in ``--dtype`` (float32 by default); generated tokens/s excludes engine start-up, which
 is reported separately. The last line is one JSON object with every figure, including
 ``ratio_vs_raw_vllm`` (a/b) and ``ratio_vs_transformers`` (a/c).
 """
@@ -27,14 +27,14 @@ GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
 def recipe_dict(args: argparse.Namespace, run_dir: str) -> dict:
-    """The benchmark's recipe: GSM8K prompts, n samples, compiled vLLM in float32."""
+    """The benchmark's recipe: GSM8K prompts, n samples, compiled vLLM in ``args.dtype``."""
     return {
         "name": "bench_sampling", "seed": 0, "model": "smollm2-135m-instruct",
         "data": {"source": "file", "path": str(args.data), "train_size": args.prompts, "eval_size": 1},
         "prompt": {"system": "Solve the math problem step by step. End with a line '#### <number>'."},
         "sampling": {"n": args.n, "temperature": 0.7, "top_k": 40, "max_tokens": args.max_tokens,
                      "prompts_per_shard": args.prompts_per_shard},
-        "engine": {"dtype": "float32", "enforce_eager": False, "max_model_len": 1024, "cpu_kvcache_gib": 4},
+        "engine": {"dtype": args.dtype, "enforce_eager": False, "max_model_len": 1024, "cpu_kvcache_gib": 4},
         "run": {"dir": run_dir}, "tracking": {"enabled": False},
     }
 
@@ -98,7 +98,7 @@ def arm_transformers(config: dict, hf_prompts: int, batch_sizes: list[int]) -> d
     model_dir = resolve_model(recipe.model)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, recipe.engine.dtype)).eval()
     startup = time.perf_counter() - started
     prompts = build_prompts(recipe, load_splits(recipe).train.head(hf_prompts), model_dir)
     cfg = recipe.sampling
@@ -134,7 +134,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--arm", arm, "--out", str(out), "--prompts", str(args.prompts),
                "--n", str(args.n), "--max-tokens", str(args.max_tokens), "--hf-prompts", str(args.hf_prompts),
-               "--prompts-per-shard", str(args.prompts_per_shard),
+               "--prompts-per-shard", str(args.prompts_per_shard), "--dtype", args.dtype,
                "--data", str(args.data), "--workdir", tmp]
         subprocess.run(cmd, check=True, env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
         return json.loads(out.read_text())
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--arms", default="rest,vllm,transformers",
                         help="which arms to run; a ratio is printed when both of its arms ran")
     parser.add_argument("--data", type=Path, default=GSM8K)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights, every arm")
     parser.add_argument("--arm", choices=["rest", "vllm", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -163,7 +164,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result))
         return
     figures = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "prompts": args.prompts, "n": args.n,
-               "prompts_per_shard": args.prompts_per_shard,
+               "prompts_per_shard": args.prompts_per_shard, "dtype": args.dtype,
                "max_tokens": args.max_tokens, "loadavg_1min_before": os.getloadavg()[0]}
     arms = [arm for arm in ("rest", "vllm", "transformers") if arm in args.arms.split(",")]
     for arm in arms:

@@ -131,14 +131,13 @@ def generate(
 
 def generate_stream(
     llm: Any, prompt_token_ids: Sequence[list[int]], params: Any, lora_request: Any = None, bar: Any = None,
-    window: int | None = None,
 ) -> Iterator[tuple[int, list[Completion]]]:
-    """Yields ``(position, completions)`` as each prompt finishes, keeping ``window`` prompts in the engine.
+    """Yields ``(position, completions)`` as each prompt finishes; every prompt is queued at once.
 
-    The engine never drains between a caller's shards: each finished prompt is replaced by the next one
-    at once, while prompts still finish roughly in order (so a caller's early shards complete early and a
-    crash loses little). ``window=None`` queues every prompt at once. ``bar`` advances by one prompt, its
-    samples and tokens. vLLM builds without ``LLM.enqueue`` get one ``generate`` call, yielded at the end.
+    The engine schedules the whole set as ``LLM.generate`` would (measured: as fast as it, see
+    experiments/README.md), first come first served, so prompts still finish roughly in order and a
+    caller's early shards complete early. ``bar`` advances by one prompt, its samples and tokens. vLLM
+    builds without ``LLM.enqueue`` get one ``generate`` call, yielded at the end.
     """
     if not hasattr(llm, "enqueue"):
         for position, completions in enumerate(generate(llm, prompt_token_ids, params, lora_request, bar)):
@@ -148,33 +147,22 @@ def generate_stream(
 
     prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
     positions: dict[str, int] = {}
-    queued = 0
-
-    def submit(count: int) -> None:
-        nonlocal queued
-        batch = prompts[queued : queued + count]
-        for offset, request_id in enumerate(map(str, llm.enqueue(batch, params, lora_request=lora_request,
-                                                                  use_tqdm=False))):
-            # vLLM returns its internal id, '<id>-<8 random characters>'; outputs carry '<id>'.
-            positions[request_id] = positions[request_id.rsplit("-", 1)[0]] = queued + offset
-        queued += len(batch)
-
-    submit(window or len(prompts))
+    for position, request_id in enumerate(map(str, llm.enqueue(prompts, params, lora_request=lora_request,
+                                                                use_tqdm=False))):
+        # vLLM returns its internal id, '<id>-<8 random characters>'; outputs carry '<id>'.
+        positions[request_id] = positions[request_id.rsplit("-", 1)[0]] = position
     engine, pending = llm.llm_engine, len(prompts)
     while pending and engine.has_unfinished_requests():
-        finished = 0
         for output in engine.step():
             if not output.finished:
                 continue
             if str(output.request_id) not in positions:
                 raise EngineError(f"vLLM returned request {output.request_id!r}, which was not submitted here")
             completions = [_completion(i, out) for i, out in enumerate(output.outputs)]
-            pending, finished = pending - 1, finished + 1
+            pending -= 1
             if bar is not None:
                 bar.advance(1, samples=len(completions), tokens=sum(len(c.token_ids) for c in completions))
             yield positions[str(output.request_id)], completions
-        if finished and queued < len(prompts):
-            submit(finished)
     if pending:
         raise EngineError(f"the vLLM engine stopped with {pending} of {len(prompts)} prompts unfinished")
 

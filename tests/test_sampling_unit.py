@@ -93,22 +93,12 @@ def test_shards_are_yielded_when_complete_from_one_engine_batch():
     got = list(sample_shards(engine, None, shards, iteration=2, policy="m", bar=None))
     assert [i for i, _ in got] == [5, 3]  # shard 5's prompts all finish first
     assert engine.prompts == [[10, 0], [11, 0], [20, 0], [21, 0], [22, 0]]
-    assert engine.most_in_flight == 5  # two shards' worth (2 x 3 prompts) covers all five
+    assert engine.most_in_flight == 5  # every prompt queued at once
     for i, frame in got:
         assert frame["prompt_id"].tolist() == [p for p in shards[i]["prompt_id"] for _ in range(2)]
         assert frame["sample_index"].tolist() == [0, 1] * len(shards[i])
         assert [ids[0] for ids in frame["completion_token_ids"]] == [t[0] for t in frame["prompt_token_ids"]]
         assert set(frame["iteration"]) == {2} and set(frame["policy"]) == {"m"}
-
-
-def test_the_window_refills_one_for_one_as_prompts_finish():
-    from rest.generation import generate_stream
-
-    engine = FakeEngine(finish_order=[1, 0, 3, 2, 5, 4, 6])
-    got = list(generate_stream(engine, [[t] for t in range(7)], None, window=2))
-    assert [position for position, _ in got] == [1, 0, 3, 2, 5, 4, 6]
-    assert engine.most_in_flight == 2 and engine.prompts == [[t] for t in range(7)]
-    assert [[c.token_ids[0] for c in completions] for _, completions in got] == [[p, p] for p, _ in got]
 
 
 def test_an_engine_that_stops_early_is_an_error():
