@@ -40,7 +40,6 @@ def rest_run(tmp_path_factory, builtin_model):
     return {"dir": work / "run", "out": done.stdout, "again": again.stdout}
 
 
-
 def samples(run: Path, k: int) -> pd.DataFrame:
     shards = sorted((run / f"iter_{k:03d}" / "samples").glob("shard-*.parquet"))
     return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)

@@ -15,6 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
+
 def test_every_phase_finished_and_outputs_exist(tiny_run):
     run = tiny_run["dir"]
     manifest = json.loads((run / "manifest.json").read_text())
