@@ -175,6 +175,11 @@ class TrainConfig(Strict):
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype the weights are loaded in for training.")
+    mixed_precision: Literal["auto", "bf16", "no"] = Field(
+        "auto", description="bf16 autocast over float32 weights. auto: on where the hardware multiplies bf16 natively "
+        "(CUDA GPUs with bf16, CPUs with AMX: 1.9x faster steps measured on a 2-core AMX Xeon), off elsewhere (no "
+        "gain measured on a CPU without AMX); bf16: always; no: never. dtype bfloat16 always autocasts."
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     group_by_length: bool = Field(
         True, description="Batch samples of similar length together: less padding computed (the default run's "

@@ -13,6 +13,23 @@ from rest.recipe import TrainConfig
 CHECKPOINT_KILL_POINT = "train_checkpoint_saved"
 
 
+def native_bf16() -> bool:
+    """Does this machine multiply bf16 matrices in hardware (a CUDA GPU with bf16, or a CPU with AMX)?"""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu.get_capabilities().get("amx_bf16"))
+    except AttributeError:  # torch builds without the capability query
+        return False
+
+
+def use_bf16_autocast(mode: str) -> bool:
+    """``train.mixed_precision`` resolved on this machine."""
+    return mode == "bf16" or (mode == "auto" and native_bf16())
+
+
 def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool, **overrides: Any):
     """TRL ``SFTConfig`` for the recipe's ``train`` section; ``overrides`` replace single fields (benchmarks)."""
     import torch
@@ -52,8 +69,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool, **
         # Samples are cut or dropped to max_length beforehand (train.overlong); padding-free needs None here.
         max_length=cfg.max_length if cfg.packing else None,
         model_init_kwargs={"dtype": getattr(torch, cfg.dtype)},
-        # Autocast follows the weights' dtype: fp32 weights under bf16 autocast gained nothing on these CPUs.
-        bf16=cfg.dtype == "bfloat16",
+        bf16=cfg.dtype == "bfloat16" or use_bf16_autocast(cfg.mixed_precision),
         use_cpu=not on_gpu,
         # Sample ids and reward weights must reach the collator (see DataShare).
         remove_unused_columns=False,

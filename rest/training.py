@@ -179,6 +179,7 @@ def train_on(recipe: Recipe, run: RunDir, iteration: int, kept: pd.DataFrame) ->
         "tokens": tokens,
         "tokens_per_s": tokens / max(wall, 1e-9),
         "trainable_params": trainable,
+        "bf16_autocast": bool(trainer.args.bf16),
         "checkpoint_dir": str(work_dir.relative_to(run.root)),
         "model_path": str(run.model(iteration).relative_to(run.root)),
         "log_model": cfg.log_model,

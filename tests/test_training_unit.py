@@ -189,3 +189,28 @@ def test_zero_kept_samples_stop_with_a_clear_error_before_any_trainer_starts(tmp
     atomic_write_parquet(KEPT.iloc[:0], run.kept(1))
     with pytest.raises(NoKeptSamplesError, match="iteration 1 kept 0 samples"):
         train_iteration(train_recipe(), run, 1)
+
+
+@pytest.mark.parametrize("mode, native, dtype, expected", [
+    ("auto", True, "float32", True), ("auto", False, "float32", False), ("bf16", False, "float32", True),
+    ("no", True, "float32", False), ("no", False, "bfloat16", True),
+])
+def test_bf16_autocast_follows_the_recipe_and_the_hardware(monkeypatch, tmp_path, mode, native, dtype, expected):
+    from rest import trainer_setup
+    from rest.recipe import TrainConfig
+
+    monkeypatch.setattr(trainer_setup, "native_bf16", lambda: native)
+    config = trainer_setup.sft_config(TrainConfig(mixed_precision=mode, dtype=dtype), tmp_path, seed=0, has_eval=False)
+    assert config.bf16 is expected
+
+
+def test_native_bf16_is_what_the_cpu_reports(monkeypatch):
+    import torch
+
+    from rest.trainer_setup import native_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert native_bf16() is True
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert native_bf16() is False

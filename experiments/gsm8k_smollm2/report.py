@@ -1,6 +1,11 @@
-"""The GSM8K experiment's results table and plot, from the arms' run directories alone.
+"""The GSM8K experiment's results table and plot, from the arms' run directories or their saved results.
 
-    .venv/bin/python experiments/gsm8k_smollm2/report.py runs/gsm8k_smollm2/outcome runs/gsm8k_smollm2/prm
+    .venv/bin/python experiments/gsm8k_smollm2/report.py runs/gsm8k_smollm2/outcome runs/gsm8k_smollm2/prm [--save]
+    .venv/bin/python experiments/gsm8k_smollm2/report.py results/outcome.json runs/gsm8k_smollm2/prm
+
+An arm is a run directory or the JSON that ``--save`` wrote for one into ``results/`` beside this file
+(per-iteration rows plus every validation problem's greedy verdict: small enough to keep in git, so an
+arm run in one session can be compared, problem by problem, with an arm run in a later one).
 
 Prints a Markdown table (per arm and iteration: kept samples, train loss, validation metrics with their
 standard errors, wall time per phase, tokens generated), the paired greedy pass@1 differences (each
@@ -11,9 +16,11 @@ Paired differences use the same 200 validation problems on both sides: stderr = 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -21,19 +28,52 @@ from rest.rundir import RunDir
 from rest.summary import iteration_rows
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 METRICS = ("pass@1", "pass@1_sampled", "pass@4", "maj@4")
+PHASES = ("sample", "verify", "prm", "select", "train", "eval")
 # The PRM arm's held-out PRM figures: AUROC vs outcome correctness, and picking one of the 4 samples per problem.
 PRM_METRICS = ("prm_auroc", "best_of_n_prm", "prm_weighted_vote", "best_of_n_majority", "best_of_n_random")
 
+# An arm: {"arm": name, "iterations": [{"row": summary row, "tokens": generated tokens, "greedy": {prompt id: 1/0}}]}
+Arm = dict[str, Any]
 
-def greedy_correct(run: RunDir, iteration: int) -> pd.Series | None:
+
+def greedy_correct(run: RunDir, iteration: int) -> dict[str, float] | None:
     """Per validation problem: did the greedy answer of ``iteration``'s policy check out (1/0)?"""
     path = run.root / f"iter_{iteration:03d}" / "eval" / "samples.parquet"
     if not path.is_file():
         return None
     samples = pd.read_parquet(path)
-    greedy = samples[samples["mode"] == "greedy"].set_index("prompt_id")
-    return greedy["correct"].eq(True).astype(float)
+    greedy = samples[samples["mode"] == "greedy"]
+    return {str(p): float(c is True) for p, c in zip(greedy["prompt_id"], greedy["correct"])}
+
+
+def arm_from_run(path: Path) -> Arm:
+    """An arm's iterations as read from its run directory (named after the folder)."""
+    run = RunDir(path)
+    iterations = []
+    for row in iteration_rows(run):
+        k = row["iteration"]
+        sample, evaluation = run.read_stats(k, "sample"), run.read_stats(k, "eval")
+        row.update({m: evaluation[m] for m in PRM_METRICS if evaluation.get(m) is not None and m not in row})
+        tokens = (sample.get("generated_tokens") or 0) + (evaluation.get("generated_tokens") or 0)
+        iterations.append({"row": row, "tokens": tokens, "greedy": greedy_correct(run, k)})
+    return {"arm": path.name, "iterations": iterations}
+
+
+def load_arm(path: Path) -> Arm:
+    """A run directory or a saved arm (``results/<arm>.json``)."""
+    if path.is_file() and path.suffix == ".json":
+        return json.loads(path.read_text())
+    if not (path / "manifest.json").is_file():
+        raise ValueError(f"{path}: neither a run directory (no manifest.json) nor a saved arm (.json)")
+    return arm_from_run(path)
+
+
+def greedy_series(arm: Arm, k: int) -> pd.Series | None:
+    """Iteration ``k``'s per-problem greedy verdicts, or None where the arm has none."""
+    found = [it["greedy"] for it in arm["iterations"] if it["row"]["iteration"] == k and it["greedy"]]
+    return pd.Series(found[0], dtype=float) if found else None
 
 
 def paired(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
@@ -51,60 +91,60 @@ def cell(row: dict, key: str) -> str:
     return f"{value:.3f} ± {error:.3f}" if error is not None else f"{value:.3f}"
 
 
-def table(arms: dict[str, RunDir]) -> str:
+def table(arms: list[Arm]) -> str:
     """One Markdown row per arm and iteration."""
-    phases = ("sample", "verify", "prm", "select", "train", "eval")
-    head = ["arm", "iter", "kept", "train loss", *METRICS, *(f"{p} min" for p in phases), "tokens generated"]
+    head = ["arm", "iter", "kept", "train loss", *METRICS, *(f"{p} min" for p in PHASES), "tokens generated"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, run in arms.items():
-        for row in iteration_rows(run):
-            k = row["iteration"]
-            sample = run.read_stats(k, "sample")
-            evaluation = run.read_stats(k, "eval")
-            tokens = (sample.get("generated_tokens") or 0) + (evaluation.get("generated_tokens") or 0)
+    for arm in arms:
+        for it in arm["iterations"]:
+            row, k = it["row"], it["row"]["iteration"]
             loss = row.get("train_loss")
-            cells = [name if k else f"{name} (= base)", str(k), "" if row.get("kept") is None else str(row["kept"]),
+            cells = [arm["arm"] if k else f"{arm['arm']} (= base)", str(k),
+                     "" if row.get("kept") is None else str(row["kept"]),
                      "" if loss is None else f"{loss:.3f}", *(cell(row, m) for m in METRICS),
-                     *("" if p not in row["time"] else f"{row['time'][p] / 60:.1f}" for p in phases),
-                     f"{tokens:,}"]
+                     *("" if p not in row["time"] else f"{row['time'][p] / 60:.1f}" for p in PHASES),
+                     f"{it['tokens']:,}"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def prm_table(arms: dict[str, RunDir]) -> str:
+def prm_table(arms: list[Arm]) -> str:
     """One Markdown row per iteration that evaluated a PRM (the PRM arm's), empty when none did."""
     lines = ["| arm | iter | " + " | ".join(PRM_METRICS) + " |", "|" + "---|" * (len(PRM_METRICS) + 2)]
-    for name, run in arms.items():
-        for row in iteration_rows(run):
-            if row.get("prm_auroc") is not None or row.get("best_of_n_prm") is not None:
-                lines.append(f"| {name} | {row['iteration']} | " + " | ".join(cell(row, m) for m in PRM_METRICS) + " |")
+    for arm in arms:
+        for it in arm["iterations"]:
+            row = it["row"]
+            if any(row.get(m) is not None for m in PRM_METRICS):
+                lines.append(f"| {arm['arm']} | {row['iteration']} | "
+                             + " | ".join(cell(row, m) for m in PRM_METRICS) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def differences(arms: dict[str, RunDir]) -> str:
+def differences(arms: list[Arm]) -> str:
     """Paired greedy pass@1 differences: every iteration vs the base, and each arm vs the first arm."""
     lines = []
-    names = list(arms)
-    for name, run in arms.items():
-        base = greedy_correct(run, 0)
+    for arm in arms:
+        base = greedy_series(arm, 0)
         for k in range(1, 100):
-            now = greedy_correct(run, k)
+            now = greedy_series(arm, k)
             if now is None or base is None:
                 break
             mean, error, n = paired(base, now)
-            lines.append(f"- {name} iteration {k} vs base: {mean:+.3f} ± {error:.3f} (paired, {n} problems, "
+            lines.append(f"- {arm['arm']} iteration {k} vs base: {mean:+.3f} ± {error:.3f} (paired, {n} problems, "
                          f"{mean / error if error else float('nan'):+.1f} standard errors)")
-    for other in names[1:]:
+    first = arms[0]
+    for other in arms[1:]:
         for k in range(1, 100):
-            a, b = greedy_correct(arms[names[0]], k), greedy_correct(arms[other], k)
+            a, b = greedy_series(first, k), greedy_series(other, k)
             if a is None or b is None:
                 break
             mean, error, n = paired(a, b)
-            lines.append(f"- {other} vs {names[0]}, iteration {k}: {mean:+.3f} ± {error:.3f} (paired, {n} problems)")
+            lines.append(f"- {other['arm']} vs {first['arm']}, iteration {k}: {mean:+.3f} ± {error:.3f} "
+                         f"(paired, {n} problems)")
     return "\n".join(lines)
 
 
-def plot(arms: dict[str, RunDir], path: Path) -> None:
+def plot(arms: list[Arm], path: Path) -> None:
     """Greedy pass@1 per iteration with ±1 stderr bars, one line per arm."""
     import matplotlib
 
@@ -112,10 +152,10 @@ def plot(arms: dict[str, RunDir], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, run in arms.items():
-        rows = [r for r in iteration_rows(run) if r.get("pass@1") is not None]
+    for arm in arms:
+        rows = [it["row"] for it in arm["iterations"] if it["row"].get("pass@1") is not None]
         ax.errorbar([r["iteration"] for r in rows], [r["pass@1"] for r in rows],
-                    yerr=[r.get("pass@1_stderr", 0.0) for r in rows], marker="o", capsize=3, label=name)
+                    yerr=[r.get("pass@1_stderr", 0.0) for r in rows], marker="o", capsize=3, label=arm["arm"])
     ax.set_xlabel("iteration (0 = base model)")
     ax.set_ylabel("greedy pass@1, validation (±1 s.e.)")
     ax.set_title("ReST-EM on GSM8K, SmolLM2-135M-Instruct")
@@ -127,14 +167,15 @@ def plot(arms: dict[str, RunDir], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories; the arm is the folder name")
+    parser.add_argument("arms", nargs="+", type=Path, help="run directories (the arm is the folder name) or saved arms")
     parser.add_argument("--plot", type=Path, default=HERE / "pass_at_1.png")
+    parser.add_argument("--save", action="store_true", help=f"write each run directory's arm to {RESULTS.name}/ARM.json")
     args = parser.parse_args(argv)
-    missing = [str(p) for p in args.runs if not (p / "manifest.json").is_file()]
-    if missing:
-        print(f"not a run directory (no manifest.json): {', '.join(missing)}", file=sys.stderr)
+    try:
+        arms = [load_arm(p) for p in args.arms]
+    except ValueError as error:
+        print(error, file=sys.stderr)
         return 2
-    arms = {p.name: RunDir(p) for p in args.runs}
     print(table(arms))
     print()
     if prm := prm_table(arms):
@@ -143,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     print(differences(arms))
     plot(arms, args.plot)
     print(f"\nplot: {args.plot}")
+    if args.save:
+        RESULTS.mkdir(exist_ok=True)
+        for path, arm in zip(args.arms, arms):
+            if path.is_dir():
+                (RESULTS / f"{arm['arm']}.json").write_text(json.dumps(arm, indent=1, sort_keys=True) + "\n")
+                print(f"saved: {RESULTS.name}/{arm['arm']}.json")
     return 0
 
 
