@@ -1,19 +1,15 @@
-"""Recipe schema (one YAML file per experiment), strict validation and command-line overrides."""
+"""Recipe schema (one YAML file per experiment), loading and strict validation (overrides, messages: recipe_errors)."""
 from __future__ import annotations
 
 import hashlib
 import json
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class RecipeError(ValueError):
-    """A recipe (or an override) is invalid; the message names the file, the key and what is allowed."""
+from rest.recipe_errors import RecipeError, apply_override, explain_validation_error
 
 
 class Strict(BaseModel):
@@ -461,7 +457,7 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(_explain(err, source)) from None
+        raise RecipeError(explain_validation_error(err, source, Recipe)) from None
     from rest.filters.registry import check_recipe_components
 
     try:
@@ -469,80 +465,3 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{source}: {err}") from None
     return recipe
-
-
-def apply_override(raw: dict[str, Any], override: str, source: str = "<recipe>") -> None:
-    """Apply one ``key.path=value`` override (value parsed as YAML) to a raw recipe mapping."""
-    if "=" not in override:
-        raise RecipeError(f"override {override!r}: expected key.path=value")
-    key_path, value_text = override.split("=", 1)
-    keys = key_path.strip().split(".")
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except yaml.YAMLError as err:
-        raise RecipeError(f"override {override!r}: value is not valid YAML: {err}") from err
-    node: Any = raw
-    for depth, key in enumerate(keys[:-1]):
-        node = _step_into(node, key, keys[: depth + 1], override)
-    last = keys[-1]
-    if isinstance(node, list):
-        node[_list_index(node, last, override)] = value
-    else:
-        node[last] = value
-
-
-def _step_into(node: Any, key: str, walked: list[str], override: str) -> Any:
-    if isinstance(node, list):
-        return node[_list_index(node, key, override)]
-    if not isinstance(node, dict):
-        raise RecipeError(f"override {override!r}: '{'.'.join(walked[:-1])}' is not a mapping")
-    child = node.get(key)
-    if child is None:
-        child = node[key] = {}
-    return child
-
-
-def _list_index(node: list, key: str, override: str) -> int:
-    if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
-        raise RecipeError(f"override {override!r}: '{key}' is not an index of a list of {len(node)}")
-    return int(key)
-
-
-def _explain(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid recipe"]
-    for problem in err.errors():
-        loc = [str(part) for part in problem["loc"]]
-        where = ".".join(loc) or "(top level)"
-        if problem["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(_fields_at(Recipe, problem["loc"][:-1])))
-            lines.append(f"  unknown key '{where}'; valid keys here: {valid}")
-        elif problem["type"] == "missing":
-            lines.append(f"  missing required key '{where}'")
-        else:
-            lines.append(f"  {where}: {problem['msg']} (got {problem.get('input')!r})")
-    return "\n".join(lines)
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the section a validation error location points into."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if isinstance(current, type) else None
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
-
-
-def _model_in(annotation: Any) -> Any:
-    """The BaseModel class inside an annotation such as ``list[FilterConfig]`` or ``X | None``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if isinstance(annotation, (types.UnionType, typing._GenericAlias)) or typing.get_origin(annotation):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
