@@ -54,6 +54,8 @@ def arm_from_run(path: Path) -> Arm:
     iterations = []
     for row in iteration_rows(run):
         k = row["iteration"]
+        if not run.is_done(k, "eval"):  # an iteration stopped part-way has no results to report
+            continue
         sample, evaluation = run.read_stats(k, "sample"), run.read_stats(k, "eval")
         row.update({m: evaluation[m] for m in PRM_METRICS if evaluation.get(m) is not None and m not in row})
         tokens = (sample.get("generated_tokens") or 0) + (evaluation.get("generated_tokens") or 0)
