@@ -132,8 +132,18 @@ def _print_summary(
         typer.echo(line)
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit: the running phase's cleanup then stops its whole process group (the
+    vLLM engine included); by default SIGTERM ends `rest` at once and orphans the engine, memory and all."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main() -> None:
     """Console-script entry point."""
+    stop_on_sigterm()
     app()
 
 
