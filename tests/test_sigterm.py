@@ -40,7 +40,8 @@ def _alive(pid: int) -> bool:
     return "zombie" not in state
 
 
-def _engine_after_sigterm(mode: str) -> tuple[int, int, bool]:
+def _engine_after_sigterm(mode: str) -> tuple[int, bool]:
+    """The stand-in's exit code after SIGTERM, and whether its phase's child outlived it."""
     parent = subprocess.Popen([sys.executable, "-c", PARENT, mode], stdout=subprocess.PIPE)
     phase, engine = map(int, parent.stdout.readline().split())
     parent.send_signal(signal.SIGTERM)
@@ -52,12 +53,12 @@ def _engine_after_sigterm(mode: str) -> tuple[int, int, bool]:
     for pid in (engine, phase):  # what the stand-in orphaned, if anything
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-    return code, engine, alive
+    return code, alive
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_stops_the_phase_and_what_it_started():
-    code, _, alive = _engine_after_sigterm("handler")
+    code, alive = _engine_after_sigterm("handler")
     assert code == 128 + signal.SIGTERM
     assert not alive
 
@@ -65,6 +66,6 @@ def test_sigterm_stops_the_phase_and_what_it_started():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_without_the_handler_the_engine_is_orphaned():
     """The failure the handler prevents, so the test above can tell it apart."""
-    code, _, alive = _engine_after_sigterm("none")
+    code, alive = _engine_after_sigterm("none")
     assert code == -signal.SIGTERM
     assert alive
