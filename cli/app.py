@@ -28,15 +28,11 @@ def _fail(message: str) -> None:
 
 def _guarded(action: Callable[[], Any]) -> Any:
     """Run ``action``; expected errors become one clear message and exit code 1, not a traceback."""
-    from rest.data import DataError
-    from rest.models import ModelNotFoundError
-    from rest.phases import PhaseFailedError
-    from rest.recipe import RecipeError
-    from rest.rundir import RunDirError
+    from rest.errors import RestError
 
     try:
         return action()
-    except (RecipeError, RunDirError, PhaseFailedError, DataError, ModelNotFoundError) as err:
+    except RestError as err:
         _fail(str(err))
 
 
@@ -85,16 +81,14 @@ def _phase_command(phase: str, doc: str) -> Callable[..., None]:
     return command
 
 
-for _name, _phase, _doc in (
-    ("sample", "sample", "E-step: sample completions for one iteration with vLLM."),
-    ("verify", "verify", "Score one iteration's samples with the outcome verifier."),
-    ("prm-train", "prm_update", "Update the implicit PRM on one iteration's outcome labels."),
-    ("prm-score", "prm_score", "Score one iteration's samples with its implicit PRM."),
-    ("filter", "select", "Run the selection pipeline over one iteration's verified samples."),
-    ("train", "train", "M-step: fine-tune on one iteration's kept samples with TRL."),
-    ("eval", "eval", "Evaluate one iteration's policy on the held-out split (0 = base model)."),
-):
-    app.command(name=_name)(_phase_command(_phase, _doc))
+def _add_phase_commands() -> None:
+    from rest.phase_table import PHASE_TABLE
+
+    for spec in PHASE_TABLE:
+        app.command(name=spec.command)(_phase_command(spec.name, spec.help))
+
+
+_add_phase_commands()
 
 
 @app.command()

@@ -6,7 +6,7 @@ import inspect
 from typing import Any, Callable
 
 from .prm_filter import ImplicitPRMFilter
-from .selection import DifficultyBand, Dedup, DropTruncated, KeepCorrect, PerPromptCap
+from .selection import DifficultyBand, Dedup, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
 
 BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
     "keep_correct": KeepCorrect,
@@ -14,6 +14,7 @@ BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
     "dedup": Dedup,
     "drop_truncated": DropTruncated,
     "difficulty_band": DifficultyBand,
+    "keep_where": KeepWhere,
     "implicit_prm": ImplicitPRMFilter,
 }
 

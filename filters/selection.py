@@ -129,6 +129,29 @@ class DropTruncated:
 
 
 @dataclass(frozen=True)
+class KeepWhere:
+    """Keep rows whose ``column`` holds one of ``values`` (e.g. ``policy: [original]``: the reference solutions only)."""
+
+    column: str
+    values: Sequence[object]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.values, (str, bytes)) or not isinstance(self.values, Sequence) or not self.values:
+            raise ValueError(f"keep_where: values must be a non-empty list, got {self.values!r}")
+        object.__setattr__(self, "values", tuple(self.values))  # frozen, hashable
+
+    def apply(self, samples: pd.DataFrame, keep: pd.Series, seed: int) -> FilterResult:
+        """Keep the rows whose value is listed; no score."""
+        if self.column not in samples.columns:
+            raise KeyError(f"keep_where: column '{self.column}' is not in the samples; columns: "
+                           f"{', '.join(map(str, samples.columns))}")
+        listed = samples[self.column].isin(self.values)
+        reason = np.where(listed, "listed", f"{self.column}_not_listed")
+        score = pd.Series(np.nan, index=samples.index)
+        return FilterResult(score=score, keep=listed, reason=pd.Series(reason, index=samples.index))
+
+
+@dataclass(frozen=True)
 class DifficultyBand:
     """Keep prompts whose sample accuracy is within [lo, hi] (PRIME: [0.2, 0.8]).
 

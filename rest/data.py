@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from rest.errors import RestError
 from rest.recipe import DataConfig, Recipe
 
 
-class DataError(ValueError):
+class DataError(RestError, ValueError):
     """The prompt data cannot be used: missing file or field, too few problems."""
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 from rest.data import load_splits
 from rest.filters.registry import build_verifier
 from rest.generation import generate, start_engine, stop_engine
-from rest.metrics import majority_correct, mean_stderr, pass_at_k
+from rest.metrics import PASS_AT_1, maj_at, majority_correct, mean_stderr, pass_at, pass_at_k, sampled_metric_names
 from rest.progress import phase_progress
 from rest.recipe import Recipe
 from rest.rundir import RunDir, atomic_write_json, atomic_write_parquet
@@ -80,8 +80,8 @@ def greedy_metrics(judged: pd.DataFrame) -> dict:
     p = sum(passed) / len(passed) if passed else 0.0
     return {
         "prompts": len(passed),
-        "pass@1": p,
-        "pass@1_stderr": (p * (1 - p) / len(passed)) ** 0.5 if passed else 0.0,
+        PASS_AT_1: p,
+        f"{PASS_AT_1}_stderr": (p * (1 - p) / len(passed)) ** 0.5 if passed else 0.0,
         "unjudged": int(judged["correct"].isna().sum()),
         "truncation_rate": float(judged["truncated"].mean()) if len(judged) else 0.0,
     }
@@ -89,15 +89,16 @@ def greedy_metrics(judged: pd.DataFrame) -> dict:
 
 def sampled_metrics(judged: pd.DataFrame, k: int) -> dict:
     """pass@1 and pass@k (unbiased, from all n samples) and maj@k (first k samples), each with its stderr."""
-    per_prompt = {"pass@1 (sampled)": [], f"pass@{k}": [], f"maj@{k}": []}
+    sampled, *at_k = sampled_metric_names(k)
+    per_prompt: dict[str, list[float]] = {name: [] for name in sampled_metric_names(k)}
     for _, group in judged.sort_values("sample_index").groupby("prompt_id", sort=False):
         n, c = len(group), int(group["correct"].eq(True).sum())
-        per_prompt["pass@1 (sampled)"].append(c / n)
-        per_prompt[f"pass@{k}"].append(pass_at_k(n, c, min(k, n)))
+        per_prompt[sampled].append(c / n)
+        if pass_at(k) in per_prompt:
+            per_prompt[pass_at(k)].append(pass_at_k(n, c, min(k, n)))
         first = group.head(k)
-        per_prompt[f"maj@{k}"].append(float(majority_correct(list(first["answer"]), list(first["correct"]))))
+        per_prompt[maj_at(k)].append(float(majority_correct(list(first["answer"]), list(first["correct"]))))
     metrics = {}
     for name, values in per_prompt.items():
-        key = name.replace(" (sampled)", "_sampled")
-        metrics[key], metrics[f"{key}_stderr"] = mean_stderr(values)
+        metrics[name], metrics[f"{name}_stderr"] = mean_stderr(values)
     return metrics

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterator, Sequence
 
+from rest.errors import RestError
 from rest.recipe import EngineConfig
 
 # Options rest-em sets itself from EngineConfig fields; engine_kwargs may not override them silently.
@@ -17,7 +18,7 @@ _MANAGED = {
 }
 
 
-class EngineError(RuntimeError):
+class EngineError(RestError, RuntimeError):
     """The engine could not be configured or started."""
 
 

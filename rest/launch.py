@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rest.errors import RestError
 from rest.recipe import TrainConfig
 from rest.rundir import RunDir
 
@@ -13,7 +14,7 @@ from rest.rundir import RunDir
 LAUNCHED_ENV = "REST_EM_TRAIN_LAUNCHED"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RestError, RuntimeError):
     """The M-step cannot run or failed; the message says why."""
 
 

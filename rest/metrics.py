@@ -5,6 +5,31 @@ import math
 from collections import Counter
 from typing import Sequence
 
+# The held-out metrics' names, declared once: evaluation writes them, ``loop.metric`` must be one of them.
+PASS_AT_1 = "pass@1"  # greedy
+PASS_AT_1_SAMPLED = "pass@1_sampled"  # mean over the evaluation's samples
+PRM_EVAL_METRICS = ("prm_auroc", "best_of_n_prm", "prm_weighted_vote", "best_of_n_majority", "best_of_n_random")
+
+
+def pass_at(k: int) -> str:
+    return f"pass@{k}"
+
+
+def maj_at(k: int) -> str:
+    return f"maj@{k}"
+
+
+def sampled_metric_names(k: int) -> tuple[str, ...]:
+    """What the evaluation's samples yield: sampled pass@1, pass@k (for k > 1: pass@1 is the greedy one), maj@k."""
+    return (PASS_AT_1_SAMPLED, *((pass_at(k),) if k > 1 else ()), maj_at(k))
+
+
+def evaluated_metrics(samples: int, k: int, prm: bool) -> tuple[str, ...]:
+    """Every metric an evaluation with ``samples`` samples per problem (k of them voted) reports."""
+    if not samples:
+        return (PASS_AT_1,)
+    return (PASS_AT_1, *sampled_metric_names(k), *(PRM_EVAL_METRICS if prm else ()))
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021)."""

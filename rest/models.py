@@ -6,12 +6,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from rest.errors import RestError
 from rest.rundir import file_lock
 
 CACHE_ENV = "REST_EM_CACHE"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(RestError, FileNotFoundError):
     """A model name or path could not be resolved to anything loadable."""
 
 

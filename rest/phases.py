@@ -11,46 +11,33 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from rest.errors import RestError
+from rest.phase_table import PHASE_TABLE, phase as declared
 from rest.progress import FORCE_TTY_ENV
 from rest.recipe import Recipe
-from rest.rundir import PHASES, PRM_PHASES, RunDir
-
-PHASE_FUNCTIONS = {
-    "sample": "rest.sampling:sample_iteration",
-    "verify": "rest.verify:verify_iteration",
-    "prm_update": "rest.prm.training:prm_update_iteration",
-    "prm_score": "rest.prm.scoring:prm_score_iteration",
-    "select": "rest.filtering:select_iteration",
-    "train": "rest.training:train_iteration",
-    "eval": "rest.evaluation:evaluate_iteration",
-}
-# The CLI command that runs each phase on its own.
-COMMANDS = {"sample": "sample", "verify": "verify", "prm_update": "prm-train", "prm_score": "prm-score",
-            "select": "filter", "train": "train", "eval": "eval"}
-# Phases that hold an engine or a model run in their own process, so their memory is gone when they end.
-ISOLATED = {"sample", "prm_update", "prm_score", "train", "eval"}
+from rest.rundir import RunDir
 
 
-class PhaseFailedError(RuntimeError):
+class PhaseFailedError(RestError, RuntimeError):
     """A phase exited with an error; the message carries the tail of its log."""
 
 
 def phase_function(phase: str) -> Callable[[Recipe, RunDir, int], dict]:
     """The library function that implements ``phase``."""
-    module, _, name = PHASE_FUNCTIONS[phase].partition(":")
+    module, _, name = declared(phase).function.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
 def active_phases(recipe: Recipe) -> tuple[str, ...]:
-    """The phases an iteration of this recipe runs, in order (the PRM's only with a ``prm`` section)."""
-    return tuple(p for p in PHASES if recipe.prm is not None or p not in PRM_PHASES)
+    """The phases an iteration of this recipe runs, in order (some only when their recipe section is there)."""
+    return tuple(p.name for p in PHASE_TABLE if p.enabled(recipe))
 
 
 def prerequisite(recipe: Recipe, k: int, phase: str) -> tuple[int, str] | None:
     """The (iteration, phase) that must be done before ``phase`` of iteration ``k`` can run."""
     phases = active_phases(recipe)
     if phase not in phases:
-        raise PhaseFailedError(f"phase {phase} needs a `prm` section in the recipe")
+        raise PhaseFailedError(f"phase {phase} needs a `{declared(phase).section}` section in the recipe")
     if phase == "eval" and k == 0:
         return None
     if phase == "sample":
@@ -64,7 +51,7 @@ def check_prerequisite(recipe: Recipe, run: RunDir, k: int, phase: str) -> None:
     if needed and not run.is_done(*needed):
         raise PhaseFailedError(
             f"cannot run {phase} of iteration {k}: {needed[1]} of iteration {needed[0]} has not finished "
-            f"(run `rest {COMMANDS[needed[1]]} RECIPE --iteration {needed[0]}` or `rest run RECIPE`)"
+            f"(run `rest {declared(needed[1]).command} RECIPE --iteration {needed[0]}` or `rest run RECIPE`)"
         )
 
 
@@ -74,7 +61,7 @@ def execute_phase(recipe: Recipe, run: RunDir, k: int, phase: str, tracker: Any 
     if tracker is not None:
         tracker.start_phase(k, phase)  # system metrics of the phase go to its iteration's run
     started = time.perf_counter()
-    if phase in ISOLATED:
+    if declared(phase).isolated:
         stats = run_isolated(run, k, phase)
     else:
         stats = phase_function(phase)(recipe, run, k)
@@ -109,8 +96,8 @@ def run_isolated(run: RunDir, k: int, phase: str) -> dict:
         # The relay runs beside the wait: processes the phase started keep the pipe open after it dies,
         # so waiting for end-of-file first would hang until they are killed.
         relay = threading.Thread(target=_relay, args=(proc.stdout, log, tail), daemon=True)
-        relay.start()
-        try:
+        try:  # a signal from here on (SIGTERM turned into SystemExit) still stops the phase's group
+            relay.start()
             code = proc.wait()
         finally:
             _kill_group(proc)

@@ -381,11 +381,9 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _metric_is_evaluated(self) -> "Recipe":
-        known = {"pass@1"}
-        if self.eval.samples:
-            known |= {f"pass@{self.eval.k}", f"maj@{self.eval.k}", "pass@1 (sampled)"}
-            if self.prm is not None:
-                known |= {"best_of_n_prm", "prm_weighted_vote", "prm_auroc"}
+        from rest.metrics import evaluated_metrics
+
+        known = set(evaluated_metrics(self.eval.samples, self.eval.k, self.prm is not None))
         if self.loop.metric not in known:
             raise ValueError(f"loop.metric '{self.loop.metric}' is not evaluated by this recipe; "
                              f"choose one of: {', '.join(sorted(known))}")

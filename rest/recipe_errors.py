@@ -8,8 +8,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rest.errors import RestError
 
-class RecipeError(ValueError):
+
+class RecipeError(RestError, ValueError):
     """A recipe (or an override) is invalid; the message names the file, the key and what is allowed."""
 
 

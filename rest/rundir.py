@@ -14,13 +14,10 @@ from typing import Any, Iterator
 import pandas as pd
 
 import rest
-
-# Every phase of an iteration in order; the PRM phases run only when the recipe has a ``prm`` section.
-PHASES = ("sample", "verify", "prm_update", "prm_score", "select", "train", "eval")
-PRM_PHASES = ("prm_update", "prm_score")
+from rest.errors import RestError
 
 
-class RunDirError(RuntimeError):
+class RunDirError(RestError, RuntimeError):
     """The run directory cannot be used as asked (locked, or made by a different recipe)."""
 
 

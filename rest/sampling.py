@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from rest.data import load_splits
+from rest.errors import RestError
 from rest.faults import kill_point
 from rest.generation import generate_stream, start_engine, stop_engine
 from rest.models import resolve_model
@@ -18,7 +19,7 @@ from rest.recipe import Recipe
 from rest.rundir import RunDir, atomic_write_parquet
 
 
-class SamplingError(RuntimeError):
+class SamplingError(RestError, RuntimeError):
     """The E-step cannot run as configured (no prompts, prompt longer than the context, ...)."""
 
 

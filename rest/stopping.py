@@ -21,19 +21,24 @@ class Best:
 
 
 def metric_values(run: RunDir, metric: str, upto: int) -> dict[int, float]:
-    """``metric`` of every evaluated iteration 0..upto, from ``iter_K/stats/eval.json``."""
+    """``metric`` of every evaluated iteration 0..upto, from ``iter_K/stats/eval.json``.
+
+    An iteration whose value is recorded as undefined (None: e.g. the PRM's AUROC when every sample is
+    right) has no value and is left out; a metric missing from the results is an error.
+    """
     values = {}
     finished = run.manifest()["iterations"]  # read once, not once per iteration
     for k in range(upto + 1):
         if "eval" not in finished.get(str(k), {}):
             continue
-        value = run.read_stats(k, "eval").get(metric)
-        if value is None:
+        results = run.read_stats(k, "eval")
+        if metric not in results:
             raise RecipeError(
                 f"loop.metric '{metric}' is not in the evaluation results of iteration {k}; "
-                f"available: {', '.join(sorted(run.read_stats(k, 'eval')))}"
+                f"available: {', '.join(sorted(results))}"
             )
-        values[k] = float(value)
+        if results[metric] is not None:
+            values[k] = float(results[metric])
     return values
 
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rest.rundir import PHASES, RunDir
-
-# Columns of the wall-time table; the two PRM phases share one column.
-TIME_COLUMNS = {"sample": ("sample",), "verify": ("verify",), "prm": ("prm_update", "prm_score"),
-                "select": ("select",), "train": ("train",), "eval": ("eval",)}
+from rest.phase_table import PHASE_TABLE, PHASES, TIME_COLUMNS
+from rest.rundir import RunDir
 COLUMN_NAMES = {"pass@1_sampled": "pass@1\nsampled", "prm_auroc": "AUROC", "best_of_n_prm": "best of n\nby PRM",
                 "prm_weighted_vote": "PRM-weighted\nvote", "best_of_n_majority": "best of n\nby majority",
                 "best_of_n_random": "best of n\nrandom pick"}
@@ -24,8 +21,10 @@ def iteration_rows(run: RunDir, iterations: int | None = None) -> list[dict[str,
         phases = done.get(str(k), {})
         sample, select = run.read_stats(k, "sample"), run.read_stats(k, "select")
         train, evaluation = run.read_stats(k, "train"), run.read_stats(k, "eval")
-        time = {column: sum(phases[p].get("wall_s", 0.0) for p in members if p in phases)
-                for column, members in TIME_COLUMNS.items() if any(p in phases for p in members)}
+        time: dict[str, float] = {}
+        for spec in PHASE_TABLE:  # phases that share a column (the PRM's two) add up
+            if spec.name in phases:
+                time[spec.time_column] = time.get(spec.time_column, 0.0) + phases[spec.name].get("wall_s", 0.0)
         rows.append({
             "iteration": k,
             "phases_done": [p for p in PHASES if p in phases],

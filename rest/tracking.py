@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+from rest.phase_table import PHASES, phase as declared
 from rest.recipe import Recipe
-from rest.rundir import PHASES, RunDir
+from rest.rundir import RunDir
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Columns of the per-iteration sample table, when the samples have them (plus every verdict reason).
@@ -194,33 +195,43 @@ class Tracker:
         self._watch(run_id)
 
     def log_phase(self, k: int, phase: str, stats: dict[str, Any]) -> None:
-        """A finished phase's numbers and the files people look at, into iteration ``k``'s nested run."""
+        """A finished phase's numbers, and the files its declaration names, into iteration ``k``'s nested run."""
         run_id = self.iteration_run(k)
         self.log_metrics(run_id, numeric_items(stats, phase))
         for step, values in history_metrics(phase, stats.get("history") or []):
             self.log_metrics(run_id, values, step=step)
-        if phase == "train":
-            for step, loss in enumerate(stats.get("loss_curve", []), start=1):
-                self.log_metrics(run_id, {"train/loss_curve": loss}, step=step)
-            for key in ("checkpoint_dir", "resumed_from", "model_path"):  # paths inside the run directory
-                if stats.get(key):
-                    self.client.set_tag(run_id, f"rest.train.{key}", str(stats[key]))
-            if stats.get("log_model") and self.run.model(k).is_dir():  # train.log_model: the policy itself
-                self.client.log_artifacts(run_id, str(self.run.model(k)), artifact_path="model")
-        if phase == "select" and self.run.verdicts(k).is_file():
-            self._log_kept(run_id, k)
-        if phase == "eval":
-            self.client.log_artifact(run_id, str(self.run.eval_dir(k) / "results.json"), artifact_path="eval")
-            samples = self.run.eval_dir(k) / "samples.parquet"
-            if samples.is_file():
-                self._log_table(run_id, pd.read_parquet(samples), "tables/eval_samples.json", k, "correct")
-            self.log_metrics(self.parent_id, numeric_items(stats, "eval"), step=k)
-            self.log_plots()
+        hook = declared(phase).logs
+        if hook:
+            getattr(self, hook)(run_id, k, stats)
         plots = self.run.iteration(k) / "plots"
         if plots.is_dir() and any(plots.iterdir()):  # e.g. the PRM filter's score histograms
             self.client.log_artifacts(run_id, str(plots), artifact_path="plots")
         done = self.run.manifest()["iterations"].get(str(k), {})
         self.client.set_tag(run_id, "rest.phases_done", ",".join(p for p in PHASES if p in done))
+
+    def log_training(self, run_id: str, k: int, stats: dict[str, Any]) -> None:
+        """The M-step's loss curve, where its checkpoints and model are, and the model itself if asked."""
+        for step, loss in enumerate(stats.get("loss_curve", []), start=1):
+            self.log_metrics(run_id, {"train/loss_curve": loss}, step=step)
+        for key in ("checkpoint_dir", "resumed_from", "model_path"):  # paths inside the run directory
+            if stats.get(key):
+                self.client.set_tag(run_id, f"rest.train.{key}", str(stats[key]))
+        if stats.get("log_model") and self.run.model(k).is_dir():  # train.log_model: the policy itself
+            self.client.log_artifacts(run_id, str(self.run.model(k)), artifact_path="model")
+
+    def log_selection(self, run_id: str, k: int, stats: dict[str, Any]) -> None:
+        """The kept set and a table of verdicts."""
+        if self.run.verdicts(k).is_file():
+            self._log_kept(run_id, k)
+
+    def log_evaluation(self, run_id: str, k: int, stats: dict[str, Any]) -> None:
+        """The held-out results and samples; the metrics also go to the parent run at step k, then the plots."""
+        self.client.log_artifact(run_id, str(self.run.eval_dir(k) / "results.json"), artifact_path="eval")
+        samples = self.run.eval_dir(k) / "samples.parquet"
+        if samples.is_file():
+            self._log_table(run_id, pd.read_parquet(samples), "tables/eval_samples.json", k, "correct")
+        self.log_metrics(self.parent_id, numeric_items(stats, "eval"), step=k)
+        self.log_plots()
 
     def _log_kept(self, run_id: str, k: int) -> None:
         """The kept set as a file and as an MLflow dataset input (context "training"); a sample table of verdicts."""

@@ -6,15 +6,10 @@ import sys
 
 def main(argv: list[str]) -> int:
     """Load the run directory's recipe and run one phase; known errors print one clear line."""
-    from rest.data import DataError
-    from rest.generation import EngineError
-    from rest.models import ModelNotFoundError
+    from rest.errors import RestError
     from rest.phases import phase_function
-    from rest.prm.scoring import ScoringError
     from rest.recipe import load_recipe
     from rest.rundir import RunDir
-    from rest.sampling import SamplingError
-    from rest.launch import TrainingError  # includes NoKeptSamplesError
 
     die_with_parent()
     phase, root, iteration = argv[0], argv[1], int(argv[2])
@@ -22,7 +17,7 @@ def main(argv: list[str]) -> int:
     recipe = load_recipe(run.recipe_path)
     try:
         phase_function(phase)(recipe, run, iteration)
-    except (DataError, EngineError, ModelNotFoundError, SamplingError, TrainingError, ScoringError) as err:
+    except RestError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -40,9 +40,10 @@ def test_saved_arms_are_paired_problem_by_problem(report, tmp_path, capsys):
     assert report.main([str(p) for p in paths] + ["--plot", str(tmp_path / "plot.png")]) == 0
     out = capsys.readouterr().out
     # outcome: d = (1, 0, 0, 0), mean 0.25, sd 0.5, stderr 0.25; prm vs base: d = (1, 1, 0, 0), stderr 0.289.
-    assert "- outcome iteration 1 vs base: +0.250 ± 0.250 (paired, 4 problems, +1.0 standard errors)" in out
-    assert "- prm iteration 1 vs base: +0.500 ± 0.289 (paired, 4 problems, +1.7 standard errors)" in out
-    assert "- prm vs outcome, iteration 1: +0.250 ± 0.250 (paired, 4 problems)" in out
+    assert ("- outcome iteration 1 vs base: greedy pass@1 +0.250 ± 0.250 (paired, 4 problems, +1.0 standard errors)"
+            in out)
+    assert "- prm iteration 1 vs base: greedy pass@1 +0.500 ± 0.289 (paired, 4 problems, +1.7 standard errors)" in out
+    assert "- prm vs outcome, iteration 1: greedy pass@1 +0.250 ± 0.250 (paired, 4 problems, +1.0 standard errors)" in out
     assert "| prm | 1 | 6 |" in out and "| outcome (= base) | 0 |" in out and "| 2,000 |" in out
     assert (tmp_path / "plot.png").stat().st_size > 1000
 

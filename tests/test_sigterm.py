@@ -23,8 +23,8 @@ phase = subprocess.Popen(
      "engine = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
      "print(engine.pid, flush=True); time.sleep(120)"],
     stdout=subprocess.PIPE, start_new_session=True)
-print(phase.pid, phase.stdout.readline().decode().strip(), flush=True)
-try:
+try:  # from here on a SIGTERM finds the cleanup in place (the test sends it once it reads the pids)
+    print(phase.pid, phase.stdout.readline().decode().strip(), flush=True)
     phase.wait()
 finally:
     _kill_group(phase)

@@ -52,3 +52,50 @@ def test_rest_mode_needs_the_policy_to_continue():
     with pytest.raises(RecipeError, match="set train.init: previous"):
         validate_recipe(base)
     assert validate_recipe({**base, "train": {"init": "previous"}}).loop.improve_steps == 3
+
+
+def evaluation_results(correct: list[list[bool]], k: int, prm: bool) -> dict:
+    """The numbers the evaluation code writes to stats/eval.json for these verdicts (greedy answer first)."""
+    import pandas as pd
+
+    from rest.evaluation import greedy_metrics, sampled_metrics
+    from rest.prm.metrics import prm_eval_metrics
+
+    rows = [{"prompt_id": f"p{i}", "mode": "greedy" if j == 0 else "sampled", "sample_index": j - 1,
+             "correct": ok, "answer": "1" if ok else "2", "truncated": False, "prm__min": 0.5 if ok else -0.5}
+            for i, verdicts in enumerate(correct) for j, ok in enumerate(verdicts)]
+    judged = pd.DataFrame(rows)
+    results = greedy_metrics(judged[judged["mode"] == "greedy"])
+    results.update(sampled_metrics(judged[judged["mode"] == "sampled"], k))
+    if prm:
+        results.update(prm_eval_metrics(judged[judged["mode"] == "sampled"], "prm__min"))
+    return results
+
+
+@pytest.mark.parametrize("k, prm", [(4, True), (4, False), (1, False)])
+def test_every_metric_the_recipe_accepts_is_one_the_evaluation_writes(tmp_path, k, prm):
+    """Early stopping runs on each accepted name, reading what the real metric code produced."""
+    from rest.metrics import evaluated_metrics
+
+    base = {"name": "x", "data": {"train_size": 4}, "eval": {"samples": 4, "k": k}}
+    if prm:
+        base["prm"] = {}
+    run = RunDir(tmp_path)
+    # iteration 0: 1 of 2 problems right greedily, 1 of 8 samples; iteration 1: everything right; 2: nothing.
+    verdicts = {0: [[True, True, False, False, False], [False, False, False, False, False]],
+                1: [[True] * 5, [True] * 5], 2: [[False, True, False, False, False], [False] * 5]}
+    for it, correct in verdicts.items():
+        run.write_stats(it, "eval", evaluation_results(correct, k, prm))
+        run.mark_done(it, "eval", 1.0)
+    names = evaluated_metrics(4, k, prm)
+    assert len(names) == len(set(names)) and ("pass@1_sampled" in names) and (("prm_auroc" in names) == prm)
+    for name in names:
+        recipe = validate_recipe({**base, "loop": {"metric": name, "patience": 1}})
+        values = metric_values(run, recipe.loop.metric, upto=2)
+        if name == "prm_auroc":  # undefined (None) at iteration 1, where every sample is right
+            assert set(values) == {0, 2} and values[0] == 1.0, values
+        else:
+            assert set(values) == {0, 1, 2} and values[1] > values[0] and values[1] > values[2], (name, values)
+        assert early_stop_reason(values, name, recipe.loop.patience) is not None, name
+    with pytest.raises(RecipeError, match="loop.metric 'pass@1 \\(sampled\\)' is not evaluated"):
+        validate_recipe({**base, "loop": {"metric": "pass@1 (sampled)"}})

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from rest.errors import RestError
 from rest.prm.steps import StepSplitter, step_ends
 from rest.progress import phase_progress
 from rest.recipe import EngineConfig, PrmConfig, Recipe
@@ -29,7 +30,7 @@ COLUMNS = ("prm__token_rewards", "prm__step_rewards", "prm__step_q", "prm__steps
            "prm__min", "prm__mean", "prm__sum", "prm__last_q")
 
 
-class ScoringError(ValueError):
+class ScoringError(RestError, ValueError):
     """The samples or models cannot be scored as asked."""
 
 

@@ -8,7 +8,7 @@ import pytest
 from rest.filters.code_verifier import CodeVerifier
 from rest.filters.prm_filter import ImplicitPRMFilter
 from rest.filters.registry import BUILTIN_FILTERS, build_filter, build_verifier, check_recipe_components, resolve
-from rest.filters.selection import DifficultyBand, Dedup, DropTruncated, KeepCorrect, PerPromptCap
+from rest.filters.selection import DifficultyBand, Dedup, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
 from rest.filters.verifiers import GSM8KVerifier, MathAnswerVerifier
 
 
@@ -19,12 +19,14 @@ def test_builtin_filter_names():
         "dedup": Dedup,
         "drop_truncated": DropTruncated,
         "difficulty_band": DifficultyBand,
+        "keep_where": KeepWhere,
         "implicit_prm": ImplicitPRMFilter,
     }
     assert build_filter("difficulty_band", {"lo": 0.25, "hi": 0.75}) == DifficultyBand(0.25, 0.75)
     assert build_filter("keep_correct", {"threshold": [0.0, 0.7, 0.8, 0.9]}).threshold == (0.0, 0.7, 0.8, 0.9)
     assert build_filter("dedup", {"by": "prm__min"}) == Dedup(by="prm__min")
     assert build_filter("drop_truncated", {}) == DropTruncated()
+    assert build_filter("keep_where", {"column": "policy", "values": ["original"]}) == KeepWhere("policy", ("original",))
 
 
 def test_the_code_verifier_has_a_name():
@@ -42,7 +44,7 @@ def test_an_unknown_name_lists_the_valid_ones():
         build_filter("keep_corect", {})
     assert str(err.value) == (
         "unknown filter 'keep_corect'; built-in filters: dedup, difficulty_band, drop_truncated, implicit_prm, "
-        "keep_correct, per_prompt_cap (or give a dotted import path)")
+        "keep_correct, keep_where, per_prompt_cap (or give a dotted import path)")
     with pytest.raises(ValueError, match="unknown verifier 'gsm9k'; built-in verifiers: choice, code, exact"):
         build_verifier("gsm9k", {})
 

@@ -10,6 +10,7 @@ from rest.filters.selection import (
     DropTruncated,
     Dedup,
     KeepCorrect,
+    KeepWhere,
     PerPromptCap,
     normalise_text,
 )
@@ -158,6 +159,18 @@ def test_drop_truncated():
     assert result.score.isna().all()
     with pytest.raises(KeyError, match="truncated"):
         DropTruncated().apply(samples.drop(columns="truncated"), pd.Series([True] * 3), seed=0)
+
+
+def test_keep_where_keeps_the_listed_values_of_a_column():
+    samples = pd.DataFrame({"prompt_id": ["a", "a", "b"], "policy": ["original", "iter_0", "original"]})
+    result = KeepWhere("policy", ["original"]).apply(samples, pd.Series([True, True, False]), seed=0)
+    assert result.keep.tolist() == [True, False, True]
+    assert result.reason.tolist() == ["listed", "policy_not_listed", "listed"]
+    with pytest.raises(KeyError, match="keep_where: column 'origin' is not in the samples; columns: prompt_id, policy"):
+        KeepWhere("origin", ["original"]).apply(samples, pd.Series([True] * 3), seed=0)
+    for bad in ("original", []):
+        with pytest.raises(ValueError, match="keep_where: values must be a non-empty list"):
+            KeepWhere("policy", bad)
 
 
 BAND_ROWS = (
