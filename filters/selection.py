@@ -70,20 +70,35 @@ class KeepCorrect:
 
 @dataclass(frozen=True)
 class PerPromptCap:
-    """Keep at most ``max_per_prompt`` samples per prompt (ReST-EM: 10), best ``by`` first, ties by seed."""
+    """Keep at most ``max_per_prompt`` samples per prompt (ReST-EM: 10), best ``by`` first, ties by seed.
+
+    With ``origins`` (e.g. ``[rationalized, reflected]``) the cap counts and limits only rows of those
+    origins (the ``origin`` column), so repaired samples can be capped apart from the policy's own.
+    """
 
     max_per_prompt: int = 10
     by: str = "reward"
+    origins: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if self.max_per_prompt < 1:
             raise ValueError(f"per_prompt_cap: max_per_prompt must be >= 1, got {self.max_per_prompt}")
+        if self.origins is not None:
+            if isinstance(self.origins, str) or not self.origins:
+                raise ValueError(f"per_prompt_cap: origins must be a non-empty list, got {self.origins!r}")
+            object.__setattr__(self, "origins", tuple(self.origins))  # frozen, hashable
 
     def apply(self, samples: pd.DataFrame, keep: pd.Series, seed: int) -> FilterResult:
         """Rank the still-kept samples of each prompt by ``by`` (descending, random tie-break)."""
-        rank = rank_within(samples, keep, [samples["prompt_id"]], self.by, seed, "per_prompt_cap")
-        within = rank < self.max_per_prompt  # NaN (not considered) compares False
-        reason = np.where(~keep, "not_considered", np.where(within, "within_cap", "over_cap"))
+        capped = pd.Series(True, index=samples.index)
+        if self.origins is not None:
+            if "origin" not in samples.columns:
+                raise KeyError("per_prompt_cap: option 'origins' needs the samples' 'origin' column")
+            capped = samples["origin"].isin(self.origins)
+        rank = rank_within(samples, keep & capped, [samples["prompt_id"]], self.by, seed, "per_prompt_cap")
+        within = (rank < self.max_per_prompt) | (keep & ~capped)  # NaN (not considered) compares False
+        reason = np.where(~keep, "not_considered", np.where(~capped, "not_capped",
+                                                            np.where(within, "within_cap", "over_cap")))
         return FilterResult(score=rank, keep=within, reason=pd.Series(reason, index=samples.index))
 
 

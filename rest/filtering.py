@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from rest.faults import kill_point
+from rest.grown import judged_set, with_origin
 from rest.filters.pipeline import describe, run_pipeline
 from rest.filters.registry import build_filter
 from rest.recipe import Recipe
@@ -13,7 +14,7 @@ from rest.rundir import RunDir, atomic_write_parquet
 def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     """Filter iteration ``iteration``; every row stays in verdicts.parquet, kept rows go to kept.parquet."""
     # With a PRM the samples carry its scores too (prm_score's output), for the implicit_prm filter.
-    verified = pd.read_parquet(run.scored(iteration) if recipe.prm is not None else run.verified(iteration))
+    verified = pd.read_parquet(run.scored(iteration)) if recipe.prm is not None else judged_set(recipe, run, iteration)
     filters = [(f.column, build_filter(f.name, f.options)) for f in recipe.filters]
     table, filter_stats = run_pipeline(verified, filters, seed=recipe.seed + iteration)
     atomic_write_parquet(table, run.verdicts(iteration))
@@ -25,6 +26,7 @@ def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
         "kept": len(kept),
         "kept_fraction": len(kept) / len(table) if len(table) else 0.0,
         "prompts_with_kept": int(kept["prompt_id"].nunique()),
+        "kept_by_origin": {str(k): int(v) for k, v in with_origin(kept)["origin"].value_counts().items()},
         "filters": describe(filter_stats),
         "filter_metrics": {k: v for s in filter_stats for k, v in s.as_metrics().items()},
     }

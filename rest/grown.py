@@ -1,9 +1,11 @@
-"""The grown set the filters judge: the E-step's samples, plus the dataset's reference solutions when asked.
+"""The grown set the filters judge: the E-step's samples, the dataset's reference solutions when asked, repairs.
 
 ReST (Gulcehre et al. 2023, sec. 3) grows "the samples plus the original data": with ``loop.mix_original``
 each sampled prompt's reference solution (``data.reference_template``) joins the set as one more row
 (``sample_index`` -1, ``policy`` "original"). It is verified, scored and filtered like any sample, so a
-reference whose answer does not check out is not trained on either.
+reference whose answer does not check out is not trained on either. With a ``repair`` section the repair
+phase's verified repairs join the set after verification (:func:`judged_set`). Every row says where it
+comes from in its ``origin`` column.
 """
 from __future__ import annotations
 
@@ -14,19 +16,46 @@ from rest.rundir import RunDir
 
 ORIGINAL_POLICY = "original"
 ORIGINAL_INDEX = -1
+# Where a row of the judged set comes from (its ``origin`` column).
+ORIGIN_SAMPLED = "sampled"  # the policy's own sample (E-step)
+ORIGIN_ORIGINAL = ORIGINAL_POLICY  # a reference solution from the data (loop.mix_original)
+ORIGIN_RATIONALIZED = "rationalized"  # repaired with the gold answer as a hint (repair.method rationalize)
+ORIGIN_REFLECTED = "reflected"  # repaired from a failed attempt and its feedback (repair.method reflect)
 
 
 def grown_set(recipe: Recipe, run: RunDir, iteration: int) -> pd.DataFrame:
     """Iteration ``iteration``'s samples, with the reference rows appended when ``loop.mix_original``."""
     from rest.sampling import read_samples
 
-    samples = read_samples(run, iteration)
+    samples = read_samples(run, iteration).assign(origin=ORIGIN_SAMPLED)
     if not recipe.loop.mix_original:
         return samples
     from rest.data import load_splits
 
     originals = original_rows(samples, load_splits(recipe).train, _tokenizer(recipe))
     return pd.concat([samples, originals], ignore_index=True)
+
+
+def with_origin(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``origin`` column (run directories written before it existed lack it)."""
+    if "origin" in frame.columns:
+        return frame
+    return frame.assign(origin=is_original(frame).map({True: ORIGIN_ORIGINAL, False: ORIGIN_SAMPLED}))
+
+
+def judged_rows(run: RunDir, iteration: int) -> pd.DataFrame:
+    """The verified grown set of ``iteration`` (verify's output), with its ``origin`` column."""
+    return with_origin(pd.read_parquet(run.verified(iteration)))
+
+
+def judged_set(recipe: Recipe, run: RunDir, iteration: int) -> pd.DataFrame:
+    """What the PRM and the selection judge: the verified grown set plus, with a ``repair`` section, the
+    repair phase's verified repairs."""
+    judged = judged_rows(run, iteration)
+    if recipe.repair is None:
+        return judged
+    repaired = pd.read_parquet(run.repaired(iteration))
+    return pd.concat([judged, repaired], ignore_index=True) if len(repaired) else judged
 
 
 def original_rows(samples: pd.DataFrame, problems: pd.DataFrame, tokenizer) -> pd.DataFrame:
@@ -48,7 +77,7 @@ def original_rows(samples: pd.DataFrame, problems: pd.DataFrame, tokenizer) -> p
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     rows = rows.assign(
         sample_index=ORIGINAL_INDEX, policy=ORIGINAL_POLICY, completion=texts, completion_token_ids=ids,
-        completion_tokens=[len(i) for i in ids], finish_reason="stop", truncated=False,
+        completion_tokens=[len(i) for i in ids], finish_reason="stop", truncated=False, origin=ORIGIN_ORIGINAL,
     )
     if "logprobs" in rows.columns:
         rows["logprobs"] = None

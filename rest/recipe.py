@@ -288,6 +288,45 @@ class PrmConfig(Strict):
         return self
 
 
+class RepairConfig(Strict):
+    """Repair of failed samples after verification (off without this section): STaR's rationalisation (the
+    gold answer as a hint; Zelikman et al. 2022) or Re-ReST's reflection (a failed attempt and the verifier's
+    feedback; Dou et al. 2024). Repaired samples are verified like samples and trained on the plain
+    training prompt: the M-step never sees the hint or the failed attempt."""
+
+    method: Literal["rationalize", "reflect"] = Field(
+        "rationalize", description="rationalize: ask again with the gold answer as a hint; reflect: show a failed "
+        "attempt and the verifier's feedback and ask for a corrected solution."
+    )
+    max_correct: int = Field(
+        0, ge=0, description="A prompt is eligible when it has at most this many correct samples (0: none correct)."
+    )
+    samples: int = Field(4, ge=1, description="Repairs sampled per eligible prompt (rationalize) or per attempt (reflect).")
+    attempts: int = Field(1, ge=1, description="reflect: failed attempts per eligible prompt that get a reflection.")
+    hint_template: str = Field(
+        "{question} (Hint: the answer is {answer}.)",
+        description="rationalize: the question the repairer sees ({question}, {answer}: the gold), put through "
+        "prompt.template and the chat template like any question.",
+    )
+    reflect_template: str = Field(
+        "{question}\n\nA wrong solution:\n{attempt}\n{feedback}\nWrite a correct solution.",
+        description="reflect: the question the repairer sees ({question}, {attempt}: the failed completion, "
+        "{feedback}: the verifier's verdict in words).",
+    )
+    model: str | None = Field(None, description="The repairer (reflector) model; None = the current policy.")
+    max_tokens: int | None = Field(None, ge=1, description="Maximum new tokens; None = sampling.max_tokens.")
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature; None = sampling.temperature.")
+
+    @model_validator(mode="after")
+    def _templates_name_their_fields(self) -> "RepairConfig":
+        needed = {"hint_template": ("{question}", "{answer}"), "reflect_template": ("{question}", "{attempt}")}
+        for name, fields in needed.items():
+            missing = [f for f in fields if f not in getattr(self, name)]
+            if missing:
+                raise ValueError(f"repair.{name} must contain {' and '.join(missing)}")
+        return self
+
+
 class EvalConfig(Strict):
     """Evaluation on the held-out split after every iteration (iteration 0 = the base model)."""
 
@@ -373,6 +412,7 @@ class Recipe(Strict):
     verifier: VerifierConfig = Field(default_factory=VerifierConfig, description="Outcome verifier.")
     filters: list[FilterConfig] = Field(default_factory=_default_filters, description="Selection pipeline, in order.")
     prm: PrmConfig | None = Field(None, description="Implicit PRM; None = no PRM phases.")
+    repair: RepairConfig | None = Field(None, description="Repair of failed samples; None = no repair phase.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="M-step.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
     loop: LoopConfig = Field(default_factory=LoopConfig, description="Iterations.")
@@ -424,9 +464,18 @@ class Recipe(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def hash(self) -> str:
-        """A stable hash of the resolved recipe (independent of key order and formatting)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A stable hash of the resolved recipe (independent of key order and formatting).
+
+        Sections added after run directories already existed count only when set, so those directories
+        (whose recipes never had them) still resume under the same hash.
+        """
+        unset = {name for name in _LATER_SECTIONS if getattr(self, name) is None}
+        canonical = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# Optional sections introduced after the first run directories were written (see Recipe.hash).
+_LATER_SECTIONS = ("repair",)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

@@ -111,6 +111,9 @@ class RunDir:
         """The M-step's training set."""
         return self.iteration(k) / "kept.parquet"
 
+    def repaired(self, k: int) -> Path:
+        return self.iteration(k) / "repair" / "repaired.parquet"
+
     def model(self, k: int) -> Path:
         """The policy after iteration ``k``'s M-step (standalone model directory)."""
         return self.iteration(k) / "model"

@@ -33,6 +33,11 @@ def policy_after(recipe: Recipe, run: RunDir, iteration: int) -> str:
     return str(model)
 
 
+def engine_seed(recipe: Recipe, iteration: int) -> int:
+    """The seed of iteration ``iteration``'s sampling engines (E-step, repair)."""
+    return recipe.sampling.seed if recipe.sampling.seed is not None else recipe.seed + iteration
+
+
 def shard_path(run: RunDir, iteration: int, shard: int) -> Path:
     """Path of one E-step shard."""
     return run.samples_dir(iteration) / f"shard-{shard:05d}.parquet"
@@ -68,7 +73,7 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     cfg = recipe.sampling
     shards = [prompts.iloc[i : i + cfg.prompts_per_shard] for i in range(0, len(prompts), cfg.prompts_per_shard)]
     todo = [i for i in range(len(shards)) if not shard_path(run, iteration, i).is_file()]
-    seed = cfg.seed if cfg.seed is not None else recipe.seed + iteration
+    seed = engine_seed(recipe, iteration)
     stats = {"prompts": len(prompts), "shards": len(shards), "shards_resumed": len(shards) - len(todo)}
     if todo:
         started = time.perf_counter()

@@ -31,6 +31,7 @@ def iteration_rows(run: RunDir, iterations: int | None = None) -> list[dict[str,
             "generated": sample.get("samples"),
             "kept": select.get("kept"),
             "kept_fraction": select.get("kept_fraction"),
+            **repair_fields(run.read_stats(k, "repair")),
             **prm_fields(run.read_stats(k, "prm_update")),
             "train_loss": train.get("train_loss"),
             **eval_metrics(evaluation),
@@ -49,6 +50,13 @@ def eval_metrics(stats: dict[str, Any]) -> dict[str, float]:
     if _is_number(stats.get("prm_auroc")):
         metrics["prm_auroc"] = stats["prm_auroc"]
     return metrics
+
+
+def repair_fields(repair: dict[str, Any]) -> dict[str, Any]:
+    """The repair phase's verified repairs and eligible prompts (empty when the run does not repair)."""
+    if not repair:
+        return {}
+    return {"repaired": repair.get("verified"), "repair_eligible": repair.get("eligible_prompts")}
 
 
 def prm_fields(update: dict[str, Any]) -> dict[str, Any]:
@@ -85,11 +93,14 @@ def render(rows: list[dict[str, Any]], console: Any) -> None:
     sampled = [m for m in metrics if m.startswith(("pass@", "maj@"))]
     others = [m for m in metrics if m not in sampled]  # best-of-n and AUROC of a PRM run
     with_prm = any("prm_loss" in r or "prm_skipped" in r for r in rows)
+    with_repair = any("repaired" in r for r in rows)
     table = _table("rest-em iterations (held-out metrics ± standard error; pass@1 = greedy)")
-    for column in ("iter", "samples", "kept", "train\nloss", *(COLUMN_NAMES.get(m, m) for m in sampled)):
+    repair_column = ("repaired\n(prompts)",) if with_repair else ()
+    for column in ("iter", "samples", *repair_column, "kept", "train\nloss", *(COLUMN_NAMES.get(m, m) for m in sampled)):
         table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(str(row["iteration"]), _cell(row.get("generated")), _cell(row.get("kept")),
+        repaired = (f"{_cell(row.get('repaired'))} ({_cell(row.get('repair_eligible'))})",) if with_repair else ()
+        table.add_row(str(row["iteration"]), _cell(row.get("generated")), *repaired, _cell(row.get("kept")),
                       _cell(row.get("train_loss"), "{:.4f}"), *(_metric(row, m) for m in sampled))
     console.print(table)
     if with_prm or others:

@@ -110,3 +110,16 @@ def test_plots_are_written_only_when_there_is_something_to_plot(tmp_path):
     assert not plot_metrics([{"iteration": 0}], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
     assert not plot_kept(rows[:1], tmp_path / "none.png")
     json.dumps(rows)  # rows are plain data (they also go to MLflow and the markdown description)
+
+
+def test_rows_and_table_with_repair(tmp_path):
+    run = make_run(tmp_path, with_prm=False)
+    run.write_stats(1, "repair", {"eligible_prompts": 10, "attempts": 40, "verified": 7})
+    run.write_stats(2, "repair", {"eligible_prompts": 6, "attempts": 24, "verified": 3})
+    rows = iteration_rows(run)
+    assert (rows[1]["repaired"], rows[1]["repair_eligible"], rows[2]["repaired"]) == (7, 10, 3)
+    assert "repaired" not in rows[0] and "repaired" not in iteration_rows(make_run(tmp_path / "b", False))[1]
+    console = Console(record=True, width=160)
+    render(rows, console)
+    text = console.export_text()
+    assert "repaired" in text and "7 (10)" in text and "3 (6)" in text

@@ -209,13 +209,14 @@ def model_dtype(recipe: Recipe, model: str) -> str:
 def prm_score_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     """Score iteration ``iteration``'s verified samples with the PRM in force after its update."""
     from rest.faults import kill_point
+    from rest.grown import judged_set
     from rest.prm.models import prm_after, reference_model
 
     if recipe.prm is None:
         raise ScoringError("the recipe has no `prm` section")
     if not run.verified(iteration).is_file():
         raise ScoringError(f"iteration {iteration} has no verified samples at {run.verified(iteration)}")
-    samples = pd.read_parquet(run.verified(iteration))
+    samples = judged_set(recipe, run, iteration)
     prm, reference = prm_after(recipe, run, iteration), reference_model(recipe)
     policies = samples["policy"].unique() if "policy" in samples.columns else []
     sampler_dtype = model_dtype(recipe, str(policies[0])) if len(policies) == 1 else None

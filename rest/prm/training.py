@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from rest.faults import kill_point
+from rest.grown import judged_set
 from rest.progress import phase_progress
 from rest.prm.models import prm_after, reference_model
 from rest.prm.scoring import same_model
@@ -141,7 +142,7 @@ def prm_update_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     stats: dict[str, Any] = {"init": start_from, "reference": reference, "loss": cfg.loss, "seed": seed}
     if not cfg.update:
         return _finish(run, iteration, stats, started, skip_reason="prm.update is false")
-    train = build_train_set(pd.read_parquet(run.verified(iteration)), cfg.loss, cfg.max_samples,
+    train = build_train_set(judged_set(recipe, run, iteration), cfg.loss, cfg.max_samples,
                             cfg.max_length, seed)
     stats.update(train.counts)
     if train.skip_reason:

@@ -1,0 +1,195 @@
+"""Repair phase: turn failures into training data when the policy is too weak to find enough correct samples.
+
+After verification, every prompt with at most ``repair.max_correct`` correct samples is eligible. With
+``rationalize`` (STaR, Zelikman et al. 2022) the repairer is asked the question again with the gold answer
+as a hint; with ``reflect`` (Re-ReST, Dou et al. 2024) it sees a failed attempt and the verifier's
+feedback and writes a corrected solution. Repairs are generated with vLLM (this phase runs in its own
+process), verified by the recipe's verifier, and stored with their provenance: ``origin``, the failed
+sample they repair (``repairs``), the exact prompt the repairer saw (``repair_prompt``). Their
+``prompt_text`` / ``prompt_token_ids`` are the plain training prompt, so the M-step trains on the question
+alone, as if the repair had been written without help.
+
+A rationalisation that copies its hint instead of working the problem out is rejected (``correct`` false,
+``verify__reason`` names the rule): see :func:`copies_hint`.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import pandas as pd
+
+from rest.data import load_splits
+from rest.errors import RestError
+from rest.filters.answers import parse_number
+from rest.filters.registry import build_verifier
+from rest.generation import generate, start_engine, stop_engine
+from rest.grown import ORIGIN_REFLECTED, ORIGIN_RATIONALIZED, judged_rows
+from rest.progress import phase_progress
+from rest.prompts import encode_prompt, render_prompt
+from rest.recipe import Recipe, RepairConfig
+from rest.rundir import RunDir, atomic_write_parquet
+from rest.sampling import build_prompts, engine_seed, gold_text, policy_after
+from rest.verify import judge_frame
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_FINAL_MARKERS = ("####", "\\boxed")
+
+
+class RepairError(RestError, ValueError):
+    """The repair section cannot work on these samples (e.g. rationalisation of a gold that is not text)."""
+
+
+def eligible(verified: pd.DataFrame, max_correct: int) -> pd.DataFrame:
+    """The policy's samples of every prompt with at most ``max_correct`` correct ones (wrong rows first)."""
+    sampled = verified[verified["origin"] == "sampled"] if "origin" in verified.columns else verified
+    correct = sampled["correct"].eq(True).groupby(sampled["prompt_id"]).sum()
+    prompts = correct.index[correct <= max_correct]
+    rows = sampled[sampled["prompt_id"].isin(prompts)]
+    return rows.assign(_right=rows["correct"].eq(True)).sort_values(
+        ["prompt_id", "_right", "sample_index"], kind="stable").drop(columns="_right")
+
+
+def feedback(row: pd.Series) -> str:
+    """The verifier's verdict on a failed sample, in words a reflector can act on."""
+    answer = row.get("answer")
+    if isinstance(answer, str) and answer:
+        return f"The final answer {answer} is wrong."
+    reason = row.get("verify__reason")
+    return f"It was rejected: {reason}." if isinstance(reason, str) and reason else "It was rejected."
+
+
+def repair_questions(cfg: RepairConfig, failed: pd.DataFrame) -> pd.DataFrame:
+    """One row per repair request: the failed sample it starts from and the question the repairer sees."""
+    if cfg.method == "rationalize":
+        firsts = failed.drop_duplicates("prompt_id")
+        texts = []
+        for row in firsts.itertuples(index=False):
+            if not isinstance(row.gold, str) or row.gold.lstrip().startswith("{"):
+                raise RepairError("repair.method rationalize hints the gold answer, but the gold of prompt "
+                                  f"{row.prompt_id} is not a plain answer; use method: reflect for code problems")
+            texts.append(cfg.hint_template.replace("{question}", row.question).replace("{answer}", row.gold))
+        return firsts.assign(repairs=None, repair_question=texts)
+    attempts = failed[failed["correct"].ne(True)].groupby("prompt_id", sort=False).head(cfg.attempts)
+    texts = [cfg.reflect_template.replace("{question}", str(row["question"])).replace(
+        "{attempt}", str(row["completion"]).strip()).replace("{feedback}", feedback(row))
+        for _, row in attempts.iterrows()]
+    keys = [f"{row.iteration}/{row.prompt_id}/{row.sample_index}" for row in attempts.itertuples(index=False)]
+    return attempts.assign(repairs=keys, repair_question=texts)
+
+
+def copies_hint(completion: str, gold: str, hint_template: str) -> str | None:
+    """Why a rationalisation only restates its hint, or None when it works the problem out.
+
+    Rejected: (1) it quotes the hint: the word "hint", or the hint's own words with the answer filled in
+    (for the default template: "the answer is 504"; case and punctuation ignored); (2) nothing before its
+    final answer is a number other than the gold: it states the answer without working it out from the
+    question's numbers.
+    """
+    text = _words(completion)
+    hint = _words(hint_template.replace("{question}", " ").replace("{answer}", gold))
+    hint = re.sub(r"^hint\b", "", hint).strip()
+    if re.search(r"\bhint", text) or (hint and f" {hint} " in f" {text} "):
+        return "quotes_hint"
+    cut = min([i for i in (completion.find(m) for m in _FINAL_MARKERS) if i >= 0], default=len(completion))
+    gold_value = parse_number(gold)
+    working = [parse_number(n) for n in _NUMBER.findall(completion[:cut])]
+    if not any(n is not None and n != gold_value for n in working):
+        return "answer_without_working"
+    return None
+
+
+def _words(text: str) -> str:
+    """Lower-case words and numbers separated by single spaces (punctuation between words dropped)."""
+    return " ".join(re.findall(r"\d+(?:\.\d+)?|[^\W\d_]+", text.casefold()))
+
+
+def repair_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
+    """Repair iteration ``iteration``'s failed prompts; writes ``repair/repaired.parquet`` (verified)."""
+    from vllm import SamplingParams
+
+    cfg, sampling = recipe.repair, recipe.sampling
+    verified = judged_rows(run, iteration)
+    failed = eligible(verified, cfg.max_correct)
+    stats = {"method": cfg.method, "eligible_prompts": int(failed["prompt_id"].nunique())}
+    policy = cfg.model or policy_after(recipe, run, iteration - 1)
+    if failed.empty:  # nothing to repair: no engine is started
+        repaired = pd.DataFrame()
+    else:
+        requests = repair_questions(cfg, failed)
+        training = build_prompts(recipe, load_splits(recipe).train, policy).set_index("prompt_id")
+        tokenizer = _tokenizer(policy)
+        shown = [render_prompt(tokenizer, recipe.prompt, q) for q in requests["repair_question"]]
+        ids = [encode_prompt(tokenizer, t) for t in shown]
+        params = SamplingParams(
+            n=cfg.samples, temperature=sampling.temperature if cfg.temperature is None else cfg.temperature,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1, top_p=sampling.top_p,
+            max_tokens=cfg.max_tokens or sampling.max_tokens, stop=sampling.stop or None,
+        )
+        started = time.perf_counter()
+        llm = start_engine(recipe.engine, policy, engine_seed(recipe, iteration))
+        try:
+            with phase_progress(f"repair iter {iteration} ({cfg.method})", total=len(ids)) as bar:
+                outputs = generate(llm, ids, params, bar=bar)
+        finally:
+            stop_engine(llm)
+        stats["generate_s"] = time.perf_counter() - started
+        frame = repaired_rows(requests, shown, outputs, training, iteration, policy, cfg, sampling.n)
+        judged, data_errors = judge_frame(build_verifier(recipe.verifier.name, recipe.verifier.options), frame)
+        repaired = reject_copies(judged, cfg)
+        stats["data_errors"] = data_errors
+    atomic_write_parquet(repaired, run.repaired(iteration))
+    correct = repaired["correct"].eq(True) if len(repaired) else pd.Series(dtype=bool)
+    stats.update({
+        "attempts": len(repaired),
+        "verified": int(correct.sum()),
+        "prompts_repaired": int(repaired.loc[correct, "prompt_id"].nunique()) if len(repaired) else 0,
+        "rejected_copies": int(repaired["verify__reason"].isin(["quotes_hint", "answer_without_working"]).sum())
+        if len(repaired) else 0,
+        "generated_tokens": int(repaired["completion_tokens"].sum()) if len(repaired) else 0,
+    })
+    run.write_stats(iteration, "repair", stats)
+    return stats
+
+
+def repaired_rows(requests: pd.DataFrame, shown: list[str], outputs: list, training: pd.DataFrame,
+                  iteration: int, policy: str, cfg: RepairConfig, first_index: int) -> pd.DataFrame:
+    """Sample-shaped rows: the plain training prompt + the repair, with provenance columns."""
+    origin = ORIGIN_RATIONALIZED if cfg.method == "rationalize" else ORIGIN_REFLECTED
+    rows, per_prompt = [], {}
+    for request, prompt, outs in zip(requests.itertuples(index=False), shown, outputs):
+        plain = training.loc[request.prompt_id]
+        for out in outs:
+            # Indices continue after the policy's own samples of the prompt, so (prompt, index) stays a key.
+            index = first_index + per_prompt.get(request.prompt_id, 0)
+            per_prompt[request.prompt_id] = per_prompt.get(request.prompt_id, 0) + 1
+            rows.append({
+                "prompt_id": request.prompt_id, "sample_index": index, "iteration": iteration, "policy": policy,
+                "question": request.question, "prompt_text": plain["prompt_text"],
+                "prompt_token_ids": list(plain["prompt_token_ids"]), "completion_token_ids": out.token_ids,
+                "completion": out.text, "finish_reason": out.finish_reason, "truncated": out.finish_reason == "length",
+                "logprobs": None, "completion_tokens": len(out.token_ids), "gold": gold_text(plain["gold"]),
+                "origin": origin, "repairs": request.repairs, "repair_prompt": prompt,
+            })
+    return pd.DataFrame(rows)
+
+
+def reject_copies(judged: pd.DataFrame, cfg: RepairConfig) -> pd.DataFrame:
+    """Rationalisations that restate their hint lose their verdict: ``correct`` false, reward 0, the rule
+    that caught them as ``verify__reason``."""
+    judged = judged.copy()
+    if cfg.method != "rationalize" or judged.empty:
+        return judged
+    reasons = [copies_hint(str(c), str(g), cfg.hint_template) if ok is True else None
+               for c, g, ok in zip(judged["completion"], judged["gold"], judged["correct"])]
+    copied = pd.Series([r is not None for r in reasons], index=judged.index)
+    judged.loc[copied, "correct"] = False
+    judged.loc[copied, "reward"] = 0.0
+    judged.loc[copied, "verify__reason"] = [r for r in reasons if r is not None]
+    return judged
+
+
+def _tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
