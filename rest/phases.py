@@ -116,4 +116,5 @@ def _relay(stream: Any, log: Any, tail: deque) -> None:
         sys.stderr.buffer.write(chunk)
         sys.stderr.buffer.flush()
         log.write(chunk)
+        log.flush()  # the log is readable (tail -f) while the phase runs
         tail.extend(chunk.splitlines(keepends=True))

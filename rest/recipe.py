@@ -65,13 +65,25 @@ class DataConfig(Strict):
 
 
 class PromptConfig(Strict):
-    """How a problem becomes the text sent to the engine (the same text the M-step trains on)."""
+    """How a problem becomes the text sent to the engine (and, unless ``train_template`` says otherwise, the
+    text the M-step trains on)."""
 
     system: str | None = Field(None, description="System message (chat template only); None = none.")
     template: str = Field(
         "{question}", description="User message; '{question}' is replaced by the problem text."
     )
     chat_template: bool = Field(True, description="Apply the tokenizer's chat template with a generation prompt.")
+    train_template: str | None = Field(
+        None, description="The user message the M-step trains on, when it differs from `template` (e.g. sample "
+        "with worked examples in the prompt, train without them); None = `template`. System message and chat "
+        "template apply as to `template`.",
+    )
+
+    @model_validator(mode="after")
+    def _templates_hold_the_question(self) -> "PromptConfig":
+        if self.train_template is not None and "{question}" not in self.train_template:
+            raise ValueError("prompt.train_template must contain {question}")
+        return self
 
 
 class SamplingConfig(Strict):

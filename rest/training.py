@@ -11,6 +11,7 @@ import pandas as pd
 from rest.launch import TrainingError, check_config_files, inside_launch, launch_ranks, rank_and_world
 from rest.models import resolve_model
 from rest.modes import learning_rate
+from rest.prompts import with_training_prompts
 from rest.recipe import Recipe
 from rest.rundir import RunDir, atomic_directory, atomic_write_json
 
@@ -125,6 +126,7 @@ def train_on(recipe: Recipe, run: RunDir, iteration: int, kept: pd.DataFrame) ->
     tokenizer = AutoTokenizer.from_pretrained(start_from)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    kept = with_training_prompts(tokenizer, recipe.prompt, kept)
     examples, counts = training_examples(kept, tokenizer.eos_token_id, cfg.max_length, cfg.overlong)
     if not examples:
         raise NoKeptSamplesError(f"all {len(kept)} kept samples exceed train.max_length={cfg.max_length}")

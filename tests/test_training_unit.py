@@ -214,3 +214,29 @@ def test_native_bf16_is_what_the_cpu_reports(monkeypatch):
     assert native_bf16() is True
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert native_bf16() is False
+
+
+class WordTokenizer:
+    """Each whitespace-separated word is one token id (its length), enough to compare prompts."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [len(w) for w in text.split()]}
+
+
+def test_the_m_step_trains_on_the_training_template_when_one_is_set():
+    from rest.prompts import with_training_prompts
+    from rest.recipe import PromptConfig
+
+    kept = pd.DataFrame({"question": ["two plus two"], "prompt_text": ["Q: 1+1\nA: 2\n\nQ: two plus two\nA:"],
+                         "prompt_token_ids": [[2, 3, 1, 2, 3, 4, 4, 2]], "completion_token_ids": [[9]],
+                         "finish_reason": ["stop"], "truncated": [False]})
+    sampled = PromptConfig(chat_template=False, template="Q: 1+1\nA: 2\n\nQ: {question}\nA:")
+    assert with_training_prompts(WordTokenizer(), sampled, kept) is kept
+    plain = sampled.model_copy(update={"train_template": "Q: {question}\nA:"})
+    trained = with_training_prompts(WordTokenizer(), plain, kept)
+    assert trained["prompt_text"].tolist() == ["Q: two plus two\nA:"]
+    assert trained["prompt_token_ids"].tolist() == [[2, 3, 4, 3, 2]]
+    examples, _ = training_examples(trained, eos_token_id=0, max_length=64)
+    assert examples[0]["input_ids"] == [2, 3, 4, 3, 2, 9, 0] and examples[0]["completion_mask"] == [0] * 5 + [1, 1]
+    with pytest.raises(ValueError, match="prompt.train_template must contain {question}"):
+        PromptConfig(train_template="Q: A:")
