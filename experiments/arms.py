@@ -197,6 +197,7 @@ def plot(arms: list[Arm], path: Path, title: str) -> None:
         best = [r for r in rows if r["iteration"] == arm.get("best")]
         if best:
             ax.plot([best[0]["iteration"]], [best[0]["pass@1"]], "o", ms=12, mfc="none", color=line[0].get_color())
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("iteration (0 = base model; ring = best iteration)")
     ax.set_ylabel("greedy pass@1, validation (±1 s.e.)")
     ax.set_title(title)

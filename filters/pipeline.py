@@ -7,10 +7,6 @@ from typing import Any, Protocol
 import pandas as pd
 
 
-class EmptySelectionError(RuntimeError):
-    """The pipeline kept no sample: there is nothing to train on this iteration."""
-
-
 @dataclass
 class FilterResult:
     """One filter's verdict on every row: a score (NaN = none), keep flag and reason."""

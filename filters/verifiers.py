@@ -36,7 +36,7 @@ from .answers import (
     read_number,
     whole_number,
 )
-from .base import GoldAnswerError, Verdict, Verifier
+from .base import GoldAnswerError, Verdict
 
 _SHOWN_CHARS = 80  # how much of a bad gold answer an error message quotes
 
@@ -393,9 +393,3 @@ VERIFIERS: dict[str, type] = {
     "choice": MultipleChoiceVerifier,
 }
 
-
-def build_verifier(name: str, **options: Any) -> Verifier:
-    """A verifier by name (a key of ``VERIFIERS``) or dotted import path, built with ``options``."""
-    from .registry import build  # the one name resolver; imported late as it loads pandas
-
-    return build(name, options, VERIFIERS, "verifier")

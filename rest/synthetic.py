@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator
 
 NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jon", "Kira", "Luis", "Mia", "Noor"]
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "shells", "coins", "cards", "stamps"]
@@ -63,7 +62,3 @@ def _hard(rng: random.Random) -> tuple[str, list[str], int]:
              f"{total - keep} / {friends} = {share}"]
     return q, steps, share
 
-
-def iter_difficulties() -> Iterator[str]:
-    """The difficulty levels, easiest first."""
-    yield from ("easy", "medium", "hard")

@@ -244,8 +244,3 @@ def save_policy(model, tokenizer, run: RunDir, iteration: int, state_dict: dict 
         model.save_pretrained(str(staging), state_dict=state_dict)
         tokenizer.save_pretrained(str(staging))
 
-
-def read_loss_history(run: RunDir, iteration: int) -> list[dict]:
-    """The trainer's log history of an iteration (loss and learning rate per logged step)."""
-    path = run.iteration(iteration) / "train" / "log_history.json"
-    return json.loads(path.read_text()) if path.is_file() else []

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rest.filters.base import GoldAnswerError, Verdict
-from rest.filters.verifiers import VERIFIERS, build_verifier
+from rest.filters.registry import build_verifier
+from rest.filters.verifiers import VERIFIERS
 
 BIG = "9" * 10_000
 BIG_MINUS_ONE = "9" * 9_999 + "8"
@@ -18,7 +19,7 @@ GSM8K_TRAIN = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "
 
 def verdict(name, completion, gold, sample=None, **options):
     """The verdict of the named verifier built with ``options``."""
-    return build_verifier(name, **options).judge(completion, gold, sample or {})
+    return build_verifier(name, options).judge(completion, gold, sample or {})
 
 
 CASES = [
@@ -183,7 +184,7 @@ def test_regex_verifier(options, completion, gold, expected):
 
 def test_regex_verifier_needs_one_group_and_a_numeric_gold_when_numeric():
     with pytest.raises(ValueError, match="exactly one capture group"):
-        build_verifier("regex", pattern=r"ANSWER: \S+")
+        build_verifier("regex", {"pattern": r"ANSWER: \S+"})
     with pytest.raises(GoldAnswerError, match="'Paris'"):
         verdict("regex", "ANSWER: Paris", "Paris", pattern=r"ANSWER: (\w+)", compare="numeric")
 
@@ -201,11 +202,11 @@ def test_regex_verifier_needs_one_group_and_a_numeric_gold_when_numeric():
     ],
 )
 def test_extract_answer_is_canonical_for_majority_voting(name, completion, answer):
-    assert build_verifier(name).extract_answer(completion) == answer
+    assert build_verifier(name, {}).extract_answer(completion) == answer
 
 
 def test_call_returns_the_score_alone():
-    verifier = build_verifier("gsm8k")
+    verifier = build_verifier("gsm8k", {})
     assert verifier("#### 5", "5", {}) == 1.0
     assert verifier("#### 6", "5", {}) == 0.0
 
@@ -213,7 +214,7 @@ def test_call_returns_the_score_alone():
 @pytest.mark.parametrize("name", sorted(VERIFIERS))
 def test_verifiers_pickle_and_are_named_by_their_key(name):
     options = {"pattern": r"#### (\S+)"} if name == "regex" else {}
-    verifier = pickle.loads(pickle.dumps(build_verifier(name, **options)))
+    verifier = pickle.loads(pickle.dumps(build_verifier(name, options)))
     assert verifier.name == name
     assert verifier("#### B", "B", {}) == 1.0 if name == "choice" else verifier("#### 5", "5", {}) == 1.0
 
@@ -225,7 +226,7 @@ def test_math_verifier_without_timeouts():
 
 def test_math_verifier_works_off_the_main_thread():
     # math-verify's timeouts use signals, which only the main thread may set
-    verifier = build_verifier("math")
+    verifier = build_verifier("math", {})
     with ThreadPoolExecutor(max_workers=1) as pool:
         verdict_ = pool.submit(verifier.judge, r"\boxed{x^2+2x+1}", r"(x+1)^2", {}).result()
     assert verdict_ == Verdict(1.0, "correct", "x^2+2x+1")
@@ -234,15 +235,15 @@ def test_math_verifier_works_off_the_main_thread():
 def test_build_verifier_names_valid_choices_in_its_errors():
     assert sorted(VERIFIERS) == ["choice", "exact", "gsm8k", "math", "numeric", "regex"]
     with pytest.raises(ValueError, match="gsm8k"):
-        build_verifier("no_such_verifier")
+        build_verifier("no_such_verifier", {})
     with pytest.raises(ValueError, match="tolerance"):
-        build_verifier("gsm8k", tolerence=1e-3)
-    assert build_verifier("rest.filters.verifiers.NumericVerifier", tolerance=0.5).tolerance == 0.5
+        build_verifier("gsm8k", {"tolerence": 1e-3})
+    assert build_verifier("rest.filters.verifiers.NumericVerifier", {"tolerance": 0.5}).tolerance == 0.5
 
 
 @pytest.mark.skipif(not GSM8K_TRAIN.exists(), reason="GSM8K data (../shared/data) is not in this checkout")
 def test_every_gsm8k_reference_solution_is_judged_correct_against_itself():
-    verifier = build_verifier("gsm8k")
+    verifier = build_verifier("gsm8k", {})
     rows = [json.loads(line) for line in GSM8K_TRAIN.read_text().splitlines()]
     verdicts = [verifier.judge(row["answer"], row["answer"], {}) for row in rows]
     not_correct = [(row["answer"].splitlines()[-2], v.reason) for row, v in zip(rows, verdicts) if v.score != 1.0]
