@@ -13,6 +13,7 @@ from rest.progress import phase_progress
 from rest.recipe import Recipe
 from rest.rundir import RunDir, atomic_write_json, atomic_write_parquet
 from rest.sampling import build_prompts, policy_after
+from rest.seeds import seed_for
 from rest.verify import judge_frame
 
 
@@ -32,7 +33,7 @@ def evaluate_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
             n=cfg.samples, temperature=temperature, top_k=recipe.sampling.top_k if recipe.sampling.top_k > 0 else -1,
             top_p=recipe.sampling.top_p, max_tokens=max_tokens, stop=stop)))
     started = time.perf_counter()
-    llm = start_engine(recipe.engine, policy, recipe.seed)
+    llm = start_engine(recipe.engine, policy, seed_for(recipe, iteration, "eval_engine"))
     timings = {"engine_start_s": time.perf_counter() - started}
     tables = []
     try:

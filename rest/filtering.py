@@ -9,6 +9,7 @@ from rest.filters.pipeline import describe, run_pipeline
 from rest.filters.registry import build_filter
 from rest.recipe import Recipe
 from rest.rundir import RunDir, atomic_write_parquet
+from rest.seeds import seed_for
 
 
 def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
@@ -16,7 +17,7 @@ def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     # With a PRM the samples carry its scores too (prm_score's output), for the implicit_prm filter.
     verified = pd.read_parquet(run.scored(iteration)) if recipe.prm is not None else judged_set(recipe, run, iteration)
     filters = [(f.column, build_filter(f.name, f.options)) for f in recipe.filters]
-    table, filter_stats = run_pipeline(verified, filters, seed=recipe.seed + iteration)
+    table, filter_stats = run_pipeline(verified, filters, seed=seed_for(recipe, iteration, "select"))
     atomic_write_parquet(table, run.verdicts(iteration))
     kill_point("select:after_verdicts")  # half-done: verdicts written, kept set not yet
     kept = table[table["kept"]].reset_index(drop=True)

@@ -29,7 +29,8 @@ from rest.progress import phase_progress
 from rest.prompts import encode_prompt, render_prompt
 from rest.recipe import Recipe, RepairConfig
 from rest.rundir import RunDir, atomic_write_parquet
-from rest.sampling import build_prompts, engine_seed, gold_text, policy_after
+from rest.sampling import build_prompts, gold_text, policy_after
+from rest.seeds import seed_for
 from rest.verify import judge_frame
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -127,7 +128,7 @@ def repair_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
             max_tokens=cfg.max_tokens or sampling.max_tokens, stop=sampling.stop or None,
         )
         started = time.perf_counter()
-        llm = start_engine(recipe.engine, policy, engine_seed(recipe, iteration))
+        llm = start_engine(recipe.engine, policy, seed_for(recipe, iteration, "sample_engine"))
         try:
             with phase_progress(f"repair iter {iteration} ({cfg.method})", total=len(ids)) as bar:
                 outputs = generate(llm, ids, params, bar=bar)

@@ -17,6 +17,7 @@ from rest.progress import phase_progress
 from rest.prompts import encode_prompt, render_prompt
 from rest.recipe import Recipe
 from rest.rundir import RunDir, atomic_write_parquet
+from rest.seeds import seed_for
 
 
 class SamplingError(RestError, RuntimeError):
@@ -31,11 +32,6 @@ def policy_after(recipe: Recipe, run: RunDir, iteration: int) -> str:
     if not (model / "config.json").is_file():
         raise SamplingError(f"iteration {iteration} has no trained model at {model}; run its M-step first")
     return str(model)
-
-
-def engine_seed(recipe: Recipe, iteration: int) -> int:
-    """The seed of iteration ``iteration``'s sampling engines (E-step, repair)."""
-    return recipe.sampling.seed if recipe.sampling.seed is not None else recipe.seed + iteration
 
 
 def shard_path(run: RunDir, iteration: int, shard: int) -> Path:
@@ -73,7 +69,7 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     cfg = recipe.sampling
     shards = [prompts.iloc[i : i + cfg.prompts_per_shard] for i in range(0, len(prompts), cfg.prompts_per_shard)]
     todo = [i for i in range(len(shards)) if not shard_path(run, iteration, i).is_file()]
-    seed = engine_seed(recipe, iteration)
+    seed = seed_for(recipe, iteration, "sample_engine")
     stats = {"prompts": len(prompts), "shards": len(shards), "shards_resumed": len(shards) - len(todo)}
     if todo:
         started = time.perf_counter()

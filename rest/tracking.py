@@ -160,15 +160,9 @@ class Tracker:
 
     def iteration_seeds(self, k: int) -> dict[str, int]:
         """The seeds iteration ``k``'s phases use (each ``None`` in the recipe derives from the master seed)."""
-        r = self.recipe
-        seeds = {"seed.eval_engine": r.seed}
-        if k >= 1:
-            seeds["seed.sample_engine"] = r.sampling.seed if r.sampling.seed is not None else r.seed + k
-            seeds["seed.select"] = r.seed + k
-            seeds["seed.train"] = r.train.seed if r.train.seed is not None else r.seed + k
-            if r.prm is not None:
-                seeds["seed.prm_update"] = r.prm.seed if r.prm.seed is not None else r.seed + k
-        return seeds
+        from rest.seeds import iteration_seeds
+
+        return {f"seed.{use}": seed for use, seed in iteration_seeds(self.recipe, k).items()}
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param

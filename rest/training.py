@@ -14,6 +14,7 @@ from rest.modes import learning_rate
 from rest.prompts import with_training_prompts
 from rest.recipe import Recipe
 from rest.rundir import RunDir, atomic_directory, atomic_write_json
+from rest.seeds import seed_for
 
 
 class NoKeptSamplesError(TrainingError):
@@ -121,7 +122,7 @@ def train_on(recipe: Recipe, run: RunDir, iteration: int, kept: pd.DataFrame) ->
 
     # ReST's Improve steps continue the policy at a decaying learning rate (rest.modes); ReST-EM's is constant.
     cfg = recipe.train.model_copy(update={"learning_rate": learning_rate(recipe, iteration)})
-    seed = cfg.seed if cfg.seed is not None else recipe.seed + iteration
+    seed = seed_for(recipe, iteration, "train")
     start_from = init_model(recipe, run, iteration)
     tokenizer = AutoTokenizer.from_pretrained(start_from)
     if tokenizer.pad_token is None:

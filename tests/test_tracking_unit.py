@@ -68,3 +68,14 @@ def test_sample_table_has_the_columns_people_read():
     assert len(table) == 10 and table["prompt"].str.startswith("q").all()
     no_question = sample_table(frame(4, 2).drop(columns=["question", "prm__min"]), 10, seed=0)
     assert list(no_question["prompt"]) == ["<chat>"] * 4 and "prm__min" not in no_question
+
+
+def test_every_seed_derives_from_the_recipe_in_one_place():
+    from rest.recipe import validate_recipe
+    from rest.seeds import iteration_seeds, seed_for
+
+    recipe = validate_recipe({"name": "x", "seed": 7, "data": {"train_size": 4}, "train": {"seed": 100}, "prm": {}})
+    assert iteration_seeds(recipe, 0) == {"eval_engine": 7}
+    assert iteration_seeds(recipe, 2) == {"eval_engine": 7, "sample_engine": 9, "select": 9, "train": 100,
+                                          "prm_update": 9}
+    assert seed_for(recipe.model_copy(update={"prm": None}), 1, "sample_engine") == 8

@@ -22,6 +22,7 @@ from rest.prm.scoring import same_model
 from rest.prm.trainset import PrmTrainSet, build_train_set
 from rest.recipe import PrmConfig, Recipe
 from rest.rundir import RunDir, atomic_directory
+from rest.seeds import seed_for
 
 
 def ce_loss(policy_logps, ref_logps, labels, beta: float):
@@ -137,7 +138,7 @@ def prm_update_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     """
     started = time.perf_counter()
     cfg = recipe.prm
-    seed = cfg.seed if cfg.seed is not None else recipe.seed + iteration
+    seed = seed_for(recipe, iteration, "prm_update")
     start_from, reference = prm_after(recipe, run, iteration - 1), reference_model(recipe)
     stats: dict[str, Any] = {"init": start_from, "reference": reference, "loss": cfg.loss, "seed": seed}
     if not cfg.update:
