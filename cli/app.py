@@ -17,6 +17,17 @@ RecipeArg = typer.Argument(..., help="Recipe YAML file.", show_default=False)
 OverridesArg = typer.Argument(None, help="Overrides such as sampling.n=8 train.learning_rate=2e-5.")
 RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: the recipe's run.dir).")
 IterationOpt = typer.Option(..., "--iteration", "-i", help="Iteration to act on (1..N; eval also takes 0).")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Also show vLLM's, torch's and TRL's output (always in "
+                          "iter_K/logs/PHASE.log; same as REST_EM_VERBOSE=1).")
+
+
+def _set_verbose(verbose: bool) -> None:
+    import os
+
+    from rest.progress import VERBOSE_ENV
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
 
 
 def _fail(message: str) -> None:
@@ -55,10 +66,12 @@ def run(
     overrides: Optional[List[str]] = OverridesArg,
     run_dir: Optional[Path] = RunDirOpt,
     allow_recipe_change: bool = typer.Option(False, help="Continue a run directory made by a different recipe."),
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Run the whole experiment (or continue it after the last finished phase)."""
     from rest.loop import run_loop
 
+    _set_verbose(verbose)
     loaded = _load(recipe, overrides)
     result = _guarded(lambda: run_loop(loaded, run_dir, allow_recipe_change))
     _print_summary(result.rows, result.run_dir, result.stopped_because)
@@ -70,9 +83,11 @@ def _phase_command(phase: str, doc: str) -> Callable[..., None]:
         overrides: Optional[List[str]] = OverridesArg,
         iteration: int = IterationOpt,
         run_dir: Optional[Path] = RunDirOpt,
+        verbose: bool = VerboseOpt,
     ) -> None:
         from rest.loop import run_single_phase
 
+        _set_verbose(verbose)
         loaded = _load(recipe, overrides)
         stats = _guarded(lambda: run_single_phase(loaded, phase, iteration, run_dir))
         typer.echo(_one_line(phase, iteration, stats))

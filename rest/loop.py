@@ -30,6 +30,7 @@ def run_loop(recipe: Recipe, run_dir: str | Path | None = None, allow_recipe_cha
     with file_lock(run.root / "lock", blocking=False):
         run.initialise(recipe, allow_recipe_change=allow_recipe_change)
         tracker = _tracker(recipe, run)
+        _print_header(recipe, run)
         result = LoopResult(run_dir=run.root)
         try:
             if not run.is_done(0, "eval"):
@@ -73,6 +74,14 @@ def _best(recipe: Recipe, run: RunDir, tracker: Any) -> dict[str, Any] | None:
     cfg = recipe.loop
     best = best_iteration(metric_values(run, cfg.metric, recipe.loop.iterations), cfg.metric, cfg.min_delta)
     return record_best(recipe, run, best, tracker) if best else None
+
+
+def _print_header(recipe: Recipe, run: RunDir) -> None:
+    from rest.progress import console
+    from rest.summary import header
+
+    for line in header(recipe, run):
+        console().print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _tracker(recipe: Recipe, run: RunDir) -> Any:

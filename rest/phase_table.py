@@ -21,6 +21,8 @@ class Phase:
     section: str | None = None  # the recipe section that switches it on (None: always on)
     column: str | None = None  # its column in the wall-time table (None: its name)
     logs: str | None = None  # the Tracker method that logs its files besides its numbers (None: numbers only)
+    # Its one line on the terminal when it ends: (stats key, format) pairs, shown where the key has a value.
+    summary: tuple[tuple[str, str], ...] = ()
 
     def enabled(self, recipe: Any) -> bool:
         """Whether an iteration of ``recipe`` runs this phase."""
@@ -30,26 +32,41 @@ class Phase:
     def time_column(self) -> str:
         return self.column or self.name
 
+    def line(self, iteration: int, stats: dict[str, Any], wall_s: float) -> str:
+        """``sample  iter 1  2,400 samples  47,742 tokens  108 tok/s  8.1 min``: the phase's key figures."""
+        figures = [fmt.format(stats[key]) for key, fmt in self.summary if isinstance(stats.get(key), (int, float))]
+        return "  ".join([f"{self.name:<10} iter {iteration}", *figures, f"{wall_s / 60:.1f} min"])
+
 
 PHASE_TABLE = (
     Phase("sample", "rest.sampling:sample_iteration", "sample",
-          "E-step: sample completions for one iteration with vLLM.", isolated=True),
+          "E-step: sample completions for one iteration with vLLM.", isolated=True,
+          summary=(("samples", "{:,} samples"), ("generated_tokens", "{:,} tokens"), ("tokens_per_s", "{:,.0f} tok/s"),
+                   ("truncation_rate", "truncated {:.0%}"))),
     Phase("verify", "rest.verify:verify_iteration", "verify",
-          "Score one iteration's samples with the outcome verifier.", isolated=False),
+          "Score one iteration's samples with the outcome verifier.", isolated=False,
+          summary=(("correct", "{:,} correct"), ("accuracy", "({:.1%})"), ("prompts_with_correct", "on {:,} prompts"))),
     Phase("repair", "rest.repair:repair_iteration", "repair",
           "Repair one iteration's failed prompts (rationalisation or reflection) with vLLM.", isolated=True,
-          section="repair"),
+          section="repair", summary=(("verified", "{:,} verified"), ("attempts", "of {:,} repairs"),
+                                     ("eligible_prompts", "for {:,} prompts"))),
     Phase("prm_update", "rest.prm.training:prm_update_iteration", "prm-train",
-          "Update the implicit PRM on one iteration's outcome labels.", isolated=True, section="prm", column="prm"),
+          "Update the implicit PRM on one iteration's outcome labels.", isolated=True, section="prm", column="prm",
+          summary=(("steps", "{:,} steps"), ("last_loss", "loss {:.3f}"))),
     Phase("prm_score", "rest.prm.scoring:prm_score_iteration", "prm-score",
-          "Score one iteration's samples with its implicit PRM.", isolated=True, section="prm", column="prm"),
+          "Score one iteration's samples with its implicit PRM.", isolated=True, section="prm", column="prm",
+          summary=(("samples", "{:,} scored"), ("too_long", "{:,} too long"))),
     Phase("select", "rest.filtering:select_iteration", "filter",
-          "Run the selection pipeline over one iteration's verified samples.", isolated=False, logs="log_selection"),
+          "Run the selection pipeline over one iteration's verified samples.", isolated=False, logs="log_selection",
+          summary=(("kept", "kept {:,}"), ("samples", "of {:,}"), ("kept_fraction", "({:.1%})"),
+                   ("prompts_with_kept", "on {:,} prompts"))),
     Phase("train", "rest.training:train_iteration", "train",
-          "M-step: fine-tune on one iteration's kept samples with TRL.", isolated=True, logs="log_training"),
+          "M-step: fine-tune on one iteration's kept samples with TRL.", isolated=True, logs="log_training",
+          summary=(("examples", "{:,} examples"), ("steps", "{:,} steps"), ("train_loss", "loss {:.3f}"))),
     Phase("eval", "rest.evaluation:evaluate_iteration", "eval",
           "Evaluate one iteration's policy on the held-out split (0 = base model).", isolated=True,
-          logs="log_evaluation"),
+          logs="log_evaluation", summary=(("pass@1", "pass@1 {:.3f}"), ("pass@1_stderr", "± {:.3f}"),
+                                          ("pass@1_sampled", "sampled {:.3f}"), ("truncation_rate", "truncated {:.0%}"))),
 )
 PHASES = tuple(p.name for p in PHASE_TABLE)  # in iteration order
 TIME_COLUMNS = tuple(dict.fromkeys(p.time_column for p in PHASE_TABLE))

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from rest.errors import RestError
 from rest.phase_table import PHASE_TABLE, phase as declared
-from rest.progress import FORCE_TTY_ENV
+from rest.progress import FORCE_TTY_ENV, UI_FD_ENV, VERBOSE_ENV, console
 from rest.recipe import Recipe
 from rest.rundir import RunDir
 
@@ -65,9 +65,11 @@ def execute_phase(recipe: Recipe, run: RunDir, k: int, phase: str, tracker: Any 
         stats = run_isolated(run, k, phase)
     else:
         stats = phase_function(phase)(recipe, run, k)
-    run.mark_done(k, phase, time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    run.mark_done(k, phase, wall)
+    console().print(declared(phase).line(k, stats, wall), markup=False, highlight=False, soft_wrap=True)
     if tracker is not None:
-        tracker.log_phase(k, phase, {**stats, "wall_s": time.perf_counter() - started})
+        tracker.log_phase(k, phase, {**stats, "wall_s": wall})
     return stats
 
 
@@ -80,7 +82,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def run_isolated(run: RunDir, k: int, phase: str) -> dict:
-    """Run a phase in a fresh Python process, relaying its output and keeping a log; returns its stats."""
+    """Run a phase in a fresh Python process; returns its stats.
+
+    Everything it prints goes to ``iter_K/logs/PHASE.log``; the terminal gets rest-em's own output
+    (progress, messages: a pipe of their own) and, with ``REST_EM_VERBOSE=1`` (``rest -v``), the rest too.
+    """
     log_path = run.iteration(k) / "logs" / f"{phase}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{FORCE_TTY_ENV: "1" if sys.stderr.isatty() else "0"})
@@ -88,20 +94,28 @@ def run_isolated(run: RunDir, k: int, phase: str) -> dict:
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     cmd = [sys.executable, "-m", "rest.worker", phase, str(run.root), str(k)]
     tail: deque[bytes] = deque(maxlen=40)
-    with open(log_path, "ab") as log:
+    verbose = os.environ.get(VERBOSE_ENV) == "1"
+    ui_read, ui_write = os.pipe()
+    env[UI_FD_ENV] = str(ui_write)
+    with open(log_path, "ab") as log, open(ui_read, "rb", buffering=0) as ui:
         # Its own process group, so everything it started (vLLM's engine processes) goes with it.
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        # The relay runs beside the wait: processes the phase started keep the pipe open after it dies,
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, pass_fds=(ui_write,))
+        finally:
+            os.close(ui_write)  # the child holds it now; end-of-file comes when the child's copies close
+        # The relays run beside the wait: processes the phase started keep the pipes open after it dies,
         # so waiting for end-of-file first would hang until they are killed.
-        relay = threading.Thread(target=_relay, args=(proc.stdout, log, tail), daemon=True)
+        relays = [threading.Thread(target=_relay, args=(proc.stdout, log, tail, verbose), daemon=True),
+                  threading.Thread(target=_relay, args=(ui, None, None, True), daemon=True)]
         try:  # a signal from here on (SIGTERM turned into SystemExit) still stops the phase's group
-            relay.start()
+            for relay in relays:
+                relay.start()
             code = proc.wait()
         finally:
             _kill_group(proc)
-            relay.join(timeout=60)
+            for relay in relays:
+                relay.join(timeout=60)
     if code != 0:
         last = b"".join(tail).decode(errors="replace").rstrip()
         raise PhaseFailedError(
@@ -110,11 +124,15 @@ def run_isolated(run: RunDir, k: int, phase: str) -> dict:
     return run.read_stats(k, phase)
 
 
-def _relay(stream: Any, log: Any, tail: deque) -> None:
-    """Copy a phase's output to the terminal and its log, keeping the last lines for error messages."""
-    while chunk := stream.read1(65536):
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.buffer.flush()
-        log.write(chunk)
-        log.flush()  # the log is readable (tail -f) while the phase runs
-        tail.extend(chunk.splitlines(keepends=True))
+def _relay(stream: Any, log: Any, tail: deque | None, terminal: bool) -> None:
+    """Copy a phase's output to its log and (``terminal``) to ours, keeping the last lines for errors."""
+    read = stream.read1 if hasattr(stream, "read1") else stream.read
+    while chunk := read(65536):
+        if terminal:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+        if log is not None:
+            log.write(chunk)
+            log.flush()  # the log is readable (tail -f) while the phase runs
+        if tail is not None:
+            tail.extend(chunk.splitlines(keepends=True))

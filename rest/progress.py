@@ -3,19 +3,42 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
-from typing import Iterator
+from typing import IO, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 # Set by the parent when a phase runs in a child process whose output is relayed to a terminal.
 FORCE_TTY_ENV = "REST_EM_FORCE_TTY"
+# Set by the parent for a phase's own process: the file descriptor where rest-em's own output (progress,
+# its messages) goes, apart from the process's stdout/stderr, which third-party libraries fill.
+UI_FD_ENV = "REST_EM_UI_FD"
+# 1: third-party output (vLLM, torch, TRL) is shown on the terminal too, not only in the phase's log.
+VERBOSE_ENV = "REST_EM_VERBOSE"
+_ui_stream: IO[str] | None = None
 
 
 def console() -> Console:
-    """The console progress and summaries go to (stderr, so stdout stays clean for data)."""
-    return Console(stderr=True, force_terminal=True if os.environ.get(FORCE_TTY_ENV) == "1" else None)
+    """The console progress and summaries go to: stderr, or a phase process's channel to its parent."""
+    file = _ui_stream if _ui_stream is not None else sys.stderr
+    return Console(file=file, force_terminal=True if os.environ.get(FORCE_TTY_ENV) == "1" else None)
+
+
+def adopt_ui_channel() -> None:
+    """In a phase's own process: send :func:`console` output down the channel the parent opened for it.
+
+    The variable naming it is removed at once, so processes this one starts (vLLM's engine, launcher
+    ranks), which do not inherit the descriptor, never write to whatever else that number means there.
+    """
+    global _ui_stream
+    fd = os.environ.pop(UI_FD_ENV, None)
+    if fd:
+        try:
+            _ui_stream = os.fdopen(int(fd), "w", buffering=1)
+        except (OSError, ValueError):  # not open here: plain stderr
+            _ui_stream = None
 
 
 # Without a terminal (CI, nohup, a file) progress is a plain line every this many seconds (default 30).

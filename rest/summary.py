@@ -148,6 +148,18 @@ def pointers(run: RunDir, stopped_because: str | None = None) -> list[str]:
     return lines
 
 
+def header(recipe: Any, run: RunDir) -> list[str]:
+    """What a run is, printed when it starts: recipe, run directory, model, engine, where MLflow logs."""
+    lines = [f"rest-em  recipe {recipe.name} ({recipe.hash()})  run directory {run.root}",
+             f"model {recipe.model}  engine dtype {recipe.engine.dtype}  M-step mixed precision "
+             f"{recipe.train.mixed_precision}"]
+    ids = run.manifest().get("mlflow") or {}
+    if ids.get("parent_run_id"):
+        lines.append(f"MLflow {public_uri(ids.get('tracking_uri', ''))}  experiment "
+                     f"{recipe.tracking.experiment or recipe.name}  parent run {ids['parent_run_id']}")
+    return lines
+
+
 def public_uri(uri: str) -> str:
     """A tracking URI without credentials (``https://user:token@host`` -> ``https://host``)."""
     return re.sub(r"//[^/@]*@", "//", uri)

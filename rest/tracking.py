@@ -98,9 +98,15 @@ class Tracker:
     """Logs a run directory's phases to MLflow; run ids live in the manifest so a rerun continues the same runs."""
 
     def __init__(self, recipe: Recipe, run: RunDir):
+        import logging
+
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from rest.progress import VERBOSE_ENV
+
+        if os.environ.get(VERBOSE_ENV) != "1":  # its INFO lines (database set-up, ...) are noise on the terminal
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.recipe, self.run = recipe, run
         self.uri = tracking_uri(recipe)
         mlflow.set_tracking_uri(self.uri)

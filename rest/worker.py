@@ -8,10 +8,12 @@ def main(argv: list[str]) -> int:
     """Load the run directory's recipe and run one phase; known errors print one clear line."""
     from rest.errors import RestError
     from rest.phases import phase_function
+    from rest.progress import adopt_ui_channel
     from rest.recipe import load_recipe
     from rest.rundir import RunDir
 
     die_with_parent()
+    adopt_ui_channel()  # rest-em's own output to the terminal; the rest of this process's output to the log
     phase, root, iteration = argv[0], argv[1], int(argv[2])
     run = RunDir(root)
     recipe = load_recipe(run.recipe_path)

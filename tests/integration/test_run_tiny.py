@@ -122,3 +122,21 @@ def test_rerun_resumes_without_redoing_work_and_prints_the_table(tiny_run):
     assert status.returncode == 0 and "rest-em iterations" in status.stdout
     kept = str(len(pd.read_parquet(tiny_run["dir"] / "iter_001" / "kept.parquet")))
     assert kept in status.stdout
+
+
+def test_the_terminal_shows_rest_ems_lines_and_the_logs_hold_the_rest(tiny_run, phase_stats):
+    """Output captured as under nohup (no tty): one line per phase with its figures, plain progress lines,
+    and none of vLLM's, torch's, Triton's or TRL's output, which stays in the phase logs."""
+    terminal = tiny_run["first"].stdout + tiny_run["first"].stderr
+    for noise in ("Triton", "WARNING", "LD_PRELOAD", "Loading safetensors", "Building labels", "FutureWarning"):
+        assert noise not in terminal, noise
+    assert "\x1b" not in terminal and "\r" not in terminal  # no control characters without a terminal
+    run = tiny_run["dir"]
+    logs = "".join((run / "iter_001" / "logs" / f"{p}.log").read_text() for p in ("sample", "train", "eval"))
+    assert "WARNING" in logs  # the third-party output went there
+    sample, select = phase_stats(run, 1, "sample"), phase_stats(run, 1, "select")
+    assert f"sample     iter 1  {sample['samples']:,} samples  {sample['generated_tokens']:,} tokens" in terminal
+    assert f"select     iter 1  kept {select['kept']:,}  of {select['samples']:,}" in terminal
+    base = phase_stats(run, 0, "eval")
+    assert f"eval       iter 0  pass@1 {base['pass@1']:.3f}" in terminal
+    assert "E-step iter 1: " in terminal  # a plain progress line
