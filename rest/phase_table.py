@@ -69,7 +69,26 @@ PHASE_TABLE = (
                                           ("pass@1_sampled", "sampled {:.3f}"), ("truncation_rate", "truncated {:.0%}"))),
 )
 PHASES = tuple(p.name for p in PHASE_TABLE)  # in iteration order
+# A truncation rate above this is worth a warning: answers cut at the token limit rarely verify.
+TRUNCATION_WARNING = 0.3
 TIME_COLUMNS = tuple(dict.fromkeys(p.time_column for p in PHASE_TABLE))
+
+
+def warnings(stats: dict[str, Any]) -> list[str]:
+    """What in a finished phase's numbers a user should act on, in words (printed once, after its line)."""
+    found = []
+    rate = stats.get("truncation_rate")
+    if isinstance(rate, (int, float)) and rate > TRUNCATION_WARNING:
+        found.append(f"{rate:.0%} of the answers were cut at the token limit: raise sampling.max_tokens "
+                     "(eval.max_tokens for evaluation) or ask for shorter answers")
+    if stats.get("kept") == 0:
+        found.append("no sample was kept: there is nothing to train on")
+    errors = stats.get("data_errors")
+    if isinstance(errors, dict) and errors:
+        first = next(iter(errors.items()))
+        found.append(f"{len(errors)} gold answers did not parse and count as unjudged (e.g. prompt {first[0]}: "
+                     f"{first[1]}); all of them are listed under data_errors in its stats file")
+    return found
 
 
 def phase(name: str) -> Phase:

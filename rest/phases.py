@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, Callable
 
 from rest.errors import RestError
-from rest.phase_table import PHASE_TABLE, phase as declared
+from rest.phase_table import PHASE_TABLE, phase as declared, warnings
 from rest.progress import FORCE_TTY_ENV, UI_FD_ENV, VERBOSE_ENV, console
 from rest.recipe import Recipe
 from rest.rundir import RunDir
@@ -68,6 +68,8 @@ def execute_phase(recipe: Recipe, run: RunDir, k: int, phase: str, tracker: Any 
     wall = time.perf_counter() - started
     run.mark_done(k, phase, wall)
     console().print(declared(phase).line(k, stats, wall), markup=False, highlight=False, soft_wrap=True)
+    for warning in warnings(stats):
+        console().print(f"warning: {phase} of iteration {k}: {warning}", markup=False, highlight=False, soft_wrap=True)
     if tracker is not None:
         tracker.log_phase(k, phase, {**stats, "wall_s": wall})
     return stats

@@ -33,3 +33,16 @@ def test_phase_progress_is_plain_when_output_is_no_terminal(monkeypatch, capsys)
         bar.advance(3, samples=3)
     err = capsys.readouterr().err
     assert err.startswith("eval iter 0 (greedy): 3/3 (100%)") and "\x1b" not in err
+
+
+def test_a_phase_warns_in_its_own_words_about_what_needs_action():
+    from rest.phase_table import warnings
+
+    assert warnings({"truncation_rate": 0.2, "kept": 3, "data_errors": {}}) == []
+    found = warnings({"truncation_rate": 0.56, "kept": 0, "data_errors": {"p1": "gold '12 apples' is no number"}})
+    assert found == [
+        "56% of the answers were cut at the token limit: raise sampling.max_tokens (eval.max_tokens for "
+        "evaluation) or ask for shorter answers",
+        "no sample was kept: there is nothing to train on",
+        "1 gold answers did not parse and count as unjudged (e.g. prompt p1: gold '12 apples' is no number); "
+        "all of them are listed under data_errors in its stats file"]
