@@ -25,6 +25,7 @@ from rest.filters.answers import parse_number
 from rest.filters.registry import build_verifier
 from rest.generation import generate, start_engine, stop_engine
 from rest.grown import ORIGIN_REFLECTED, ORIGIN_RATIONALIZED, judged_rows
+from rest.models import resolve_model
 from rest.progress import phase_progress
 from rest.prompts import encode_prompt, render_prompt
 from rest.recipe import Recipe, RepairConfig
@@ -113,13 +114,15 @@ def repair_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
     verified = judged_rows(run, iteration)
     failed = eligible(verified, cfg.max_correct)
     stats = {"method": cfg.method, "eligible_prompts": int(failed["prompt_id"].nunique())}
-    policy = cfg.model or policy_after(recipe, run, iteration - 1)
+    policy = policy_after(recipe, run, iteration - 1)
+    repairer = resolve_model(cfg.model) if cfg.model else policy
     if failed.empty:  # nothing to repair: no engine is started
         repaired = pd.DataFrame()
     else:
         requests = repair_questions(cfg, failed)
+        # The training prompt in the policy's tokens: the M-step trains the policy, not the repairer.
         training = build_prompts(recipe, load_splits(recipe).train, policy).set_index("prompt_id")
-        tokenizer = _tokenizer(policy)
+        tokenizer = _tokenizer(repairer)
         shown = [render_prompt(tokenizer, recipe.prompt, q) for q in requests["repair_question"]]
         ids = [encode_prompt(tokenizer, t) for t in shown]
         params = SamplingParams(
@@ -128,14 +131,16 @@ def repair_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
             max_tokens=cfg.max_tokens or sampling.max_tokens, stop=sampling.stop or None,
         )
         started = time.perf_counter()
-        llm = start_engine(recipe.engine, policy, seed_for(recipe, iteration, "sample_engine"))
+        llm = start_engine(recipe.engine, repairer, seed_for(recipe, iteration, "sample_engine"))
         try:
             with phase_progress(f"repair iter {iteration} ({cfg.method})", total=len(ids)) as bar:
                 outputs = generate(llm, ids, params, bar=bar)
         finally:
             stop_engine(llm)
         stats["generate_s"] = time.perf_counter() - started
-        frame = repaired_rows(requests, shown, outputs, training, iteration, policy, cfg, sampling.n)
+        frame = repaired_rows(requests, shown, outputs, training, iteration, repairer, cfg, sampling.n)
+        if repairer != policy:  # another model's token ids mean nothing to the policy: its own tokens of the text
+            frame = in_tokens_of(_tokenizer(policy), frame)
         judged, data_errors = judge_frame(build_verifier(recipe.verifier.name, recipe.verifier.options), frame)
         repaired = reject_copies(judged, cfg)
         stats["data_errors"] = data_errors
@@ -173,6 +178,12 @@ def repaired_rows(requests: pd.DataFrame, shown: list[str], outputs: list, train
                 "origin": origin, "repairs": request.repairs, "repair_prompt": prompt,
             })
     return pd.DataFrame(rows)
+
+
+def in_tokens_of(tokenizer, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each completion's token ids (and count) from ``tokenizer``'s encoding of its text."""
+    ids = [tokenizer(str(text), add_special_tokens=False)["input_ids"] for text in frame["completion"]]
+    return frame.assign(completion_token_ids=ids, completion_tokens=[len(i) for i in ids])
 
 
 def reject_copies(judged: pd.DataFrame, cfg: RepairConfig) -> pd.DataFrame:

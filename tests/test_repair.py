@@ -8,7 +8,8 @@ from rest.filters.selection import PerPromptCap
 from rest.generation import Completion
 from rest.grown import judged_set, with_origin
 from rest.recipe import RepairConfig, validate_recipe
-from rest.repair import RepairError, copies_hint, eligible, feedback, repair_questions, repaired_rows, reject_copies
+from rest.repair import (RepairError, copies_hint, eligible, feedback, in_tokens_of, repair_questions, repaired_rows,
+                         reject_copies)
 from rest.rundir import RunDir
 from rest.training import training_examples
 
@@ -127,3 +128,9 @@ def test_per_prompt_cap_can_limit_repaired_rows_apart_from_sampled_ones():
         PerPromptCap(origins=["reflected"]).apply(samples.drop(columns="origin"), keep, seed=0)
     with pytest.raises(ValueError, match="origins must be a non-empty list"):
         PerPromptCap(origins="rationalized")
+
+
+def test_a_repair_by_another_model_is_trained_in_the_policys_tokens():
+    frame = pd.DataFrame({"completion": [" 56 * 9 = 504"], "completion_token_ids": [[901, 902]], "completion_tokens": [2]})
+    words = in_tokens_of(lambda text, add_special_tokens=False: {"input_ids": [len(w) for w in text.split()]}, frame)
+    assert words["completion_token_ids"].tolist() == [[2, 1, 1, 1, 3]] and words["completion_tokens"].tolist() == [5]
