@@ -24,7 +24,7 @@ from rest.errors import RestError
 from rest.filters.answers import parse_number
 from rest.filters.registry import build_verifier
 from rest.generation import generate, start_engine, stop_engine
-from rest.grown import ORIGIN_REFLECTED, ORIGIN_RATIONALIZED, judged_rows
+from rest.grown import ORIGIN_RATIONALIZED, ORIGIN_REFLECTED, ORIGIN_SAMPLED, judged_rows
 from rest.models import resolve_model
 from rest.progress import phase_progress
 from rest.prompts import encode_prompt, render_prompt
@@ -36,6 +36,8 @@ from rest.verify import judge_frame
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _FINAL_MARKERS = ("####", "\\boxed")
+# The reasons copies_hint gives (a rejected rationalisation's verify__reason).
+QUOTES_HINT, NO_WORKING = "quotes_hint", "answer_without_working"
 
 
 class RepairError(RestError, ValueError):
@@ -44,7 +46,7 @@ class RepairError(RestError, ValueError):
 
 def eligible(verified: pd.DataFrame, max_correct: int) -> pd.DataFrame:
     """The policy's samples of every prompt with at most ``max_correct`` correct ones (wrong rows first)."""
-    sampled = verified[verified["origin"] == "sampled"] if "origin" in verified.columns else verified
+    sampled = verified[verified["origin"] == ORIGIN_SAMPLED] if "origin" in verified.columns else verified
     correct = sampled["correct"].eq(True).groupby(sampled["prompt_id"]).sum()
     prompts = correct.index[correct <= max_correct]
     rows = sampled[sampled["prompt_id"].isin(prompts)]
@@ -92,12 +94,12 @@ def copies_hint(completion: str, gold: str, hint_template: str) -> str | None:
     hint = _words(hint_template.replace("{question}", " ").replace("{answer}", gold))
     hint = re.sub(r"^hint\b", "", hint).strip()
     if re.search(r"\bhint", text) or (hint and f" {hint} " in f" {text} "):
-        return "quotes_hint"
+        return QUOTES_HINT
     cut = min([i for i in (completion.find(m) for m in _FINAL_MARKERS) if i >= 0], default=len(completion))
     gold_value = parse_number(gold)
     working = [parse_number(n) for n in _NUMBER.findall(completion[:cut])]
     if not any(n is not None and n != gold_value for n in working):
-        return "answer_without_working"
+        return NO_WORKING
     return None
 
 
@@ -150,7 +152,7 @@ def repair_iteration(recipe: Recipe, run: RunDir, iteration: int) -> dict:
         "attempts": len(repaired),
         "verified": int(correct.sum()),
         "prompts_repaired": int(repaired.loc[correct, "prompt_id"].nunique()) if len(repaired) else 0,
-        "rejected_copies": int(repaired["verify__reason"].isin(["quotes_hint", "answer_without_working"]).sum())
+        "rejected_copies": int(repaired["verify__reason"].isin([QUOTES_HINT, NO_WORKING]).sum())
         if len(repaired) else 0,
         "generated_tokens": int(repaired["completion_tokens"].sum()) if len(repaired) else 0,
     })
