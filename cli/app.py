@@ -24,14 +24,14 @@ VerboseOpt = typer.Option(False, "--verbose", "-v", help="Also show vLLM's, torc
 def _set_verbose(verbose: bool) -> None:
     import os
 
-    from rest.progress import VERBOSE_ENV
+    from rest.report.progress import VERBOSE_ENV
 
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
 
 
 def _fail(message: str) -> None:
-    from rest.progress import console
+    from rest.report.progress import console
 
     console().print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
@@ -48,7 +48,7 @@ def _guarded(action: Callable[[], Any]) -> Any:
 
 
 def _load(recipe: Path, overrides: Optional[List[str]]):
-    from rest.recipe import load_recipe
+    from rest.recipe.schema import load_recipe
 
     return _guarded(lambda: load_recipe(recipe, overrides or []))
 
@@ -97,7 +97,7 @@ def _phase_command(phase: str, doc: str) -> Callable[..., None]:
 
 
 def _add_phase_commands() -> None:
-    from rest.phase_table import PHASE_TABLE
+    from rest.phases.table import PHASE_TABLE
 
     for spec in PHASE_TABLE:
         app.command(name=spec.command)(_phase_command(spec.name, spec.help))
@@ -110,7 +110,7 @@ _add_phase_commands()
 def status(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Per-iteration table of a run, read from the run directory alone (no MLflow needed)."""
     from rest.loop import summary_rows
-    from rest.rundir import RunDir
+    from rest.run.rundir import RunDir
 
     run = RunDir(run_dir)
     if not run.manifest_path.is_file():
@@ -133,8 +133,8 @@ def _print_summary(
     """The iteration and wall-time tables, then why the run stopped and where to look."""
     from rich.console import Console
 
-    from rest.rundir import RunDir
-    from rest.summary import pointers, render
+    from rest.report.summary import pointers, render
+    from rest.run.rundir import RunDir
 
     render(rows, Console())
     for line in pointers(RunDir(run_dir), stopped_because) if run_dir is not None else []:

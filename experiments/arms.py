@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from rest.grown import is_original
-from rest.rundir import RunDir
-from rest.summary import iteration_rows
+from rest.data.grown import is_original
+from rest.report.summary import iteration_rows
+from rest.run.rundir import RunDir
 
 METRICS = ("pass@1", "pass@1_sampled", "pass@4", "maj@4")
 PHASES = ("sample", "verify", "prm", "select", "train", "eval")

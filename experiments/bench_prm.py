@@ -11,7 +11,7 @@ reference); the reference is the built-in model, the sampling policy.
 
 - ``naive``: one sample at a time, a transformers forward of prompt + completion through each model,
   full-vocabulary log-softmax, gather (float32, as the scorer).
-- ``ours``: ``rest.prm.scoring.score_frame`` as the ``prm_score`` phase calls it (prompt KV reuse,
+- ``ours``: ``rest.prm.score.score_frame`` as the ``prm_score`` phase calls it (prompt KV reuse,
   length-sorted batches, gathered logprobs, the sampler's logprobs as the reference's).
 - ``ours_no_reuse``: the same without the sampler's logprobs (both models run).
 - ``ours_vllm`` (``--vllm``): the vLLM backend (prefill ``prompt_logprobs``, both models).
@@ -52,10 +52,10 @@ def sample_gsm8k(data: Path, prompts: int, n: int, max_tokens: int, seed: int) -
     from transformers import AutoTokenizer
     from vllm import SamplingParams
 
-    from rest.generation import generate, start_engine, stop_engine
-    from rest.models import resolve_model
-    from rest.prompts import encode_prompt, render_prompt
-    from rest.recipe import EngineConfig, PromptConfig
+    from rest.data.prompts import encode_prompt, render_prompt
+    from rest.engines.generation import generate, start_engine, stop_engine
+    from rest.engines.models import resolve_model
+    from rest.recipe.schema import EngineConfig, PromptConfig
 
     model = resolve_model("smollm2-135m-instruct")
     problems = [json.loads(line) for line in (data / "gsm8k" / "train.jsonl").read_text().splitlines()]
@@ -111,8 +111,8 @@ def naive(samples: pd.DataFrame, prm: str, reference: str, beta: float) -> tuple
 
 def ours(samples: pd.DataFrame, prm: str, reference: str, beta: float, **cfg) -> tuple[list[np.ndarray], dict]:
     """rest-em's scorer, as the prm_score phase calls it."""
-    from rest.prm.scoring import score_frame
-    from rest.recipe import EngineConfig, PrmConfig
+    from rest.prm.score import score_frame
+    from rest.recipe.schema import EngineConfig, PrmConfig
 
     engine = EngineConfig(dtype="float32", enforce_eager=True, max_model_len=1024, cpu_kvcache_gib=2)
     frame, stats = score_frame(samples, prm, reference, PrmConfig(beta=beta, **cfg), "bench",
@@ -155,7 +155,7 @@ def main() -> int:
         figures.update(samples_source="vllm", sampling_s=round(time.perf_counter() - started, 1))
         if args.samples:
             samples.to_parquet(args.samples, index=False)
-    from rest.models import resolve_model
+    from rest.engines.models import resolve_model
 
     reference = resolve_model("smollm2-135m-instruct")
     tokens = int(samples["completion_token_ids"].map(len).sum())

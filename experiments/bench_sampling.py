@@ -41,9 +41,9 @@ def recipe_dict(args: argparse.Namespace, run_dir: str) -> dict:
 
 def arm_rest(config: dict) -> dict:
     """(a) rest-em's E-step phase, as `rest sample` runs it."""
-    from rest.recipe import validate_recipe
-    from rest.rundir import RunDir
-    from rest.sampling import sample_iteration
+    from rest.phases.sample import sample_iteration
+    from rest.recipe.schema import validate_recipe
+    from rest.run.rundir import RunDir
 
     recipe = validate_recipe(config)
     run = RunDir(recipe.run_dir())
@@ -58,11 +58,11 @@ def arm_vllm(config: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from rest.data import load_splits
-    from rest.generation import engine_options
-    from rest.models import resolve_model
-    from rest.recipe import validate_recipe
-    from rest.sampling import build_prompts
+    from rest.data.problems import load_splits
+    from rest.engines.generation import engine_options
+    from rest.engines.models import resolve_model
+    from rest.phases.sample import build_prompts
+    from rest.recipe.schema import validate_recipe
 
     recipe = validate_recipe(config)
     model = resolve_model(recipe.model)
@@ -89,10 +89,10 @@ def arm_transformers(config: dict, hf_prompts: int, batch_sizes: list[int]) -> d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rest.data import load_splits
-    from rest.models import resolve_model
-    from rest.recipe import validate_recipe
-    from rest.sampling import build_prompts
+    from rest.data.problems import load_splits
+    from rest.engines.models import resolve_model
+    from rest.phases.sample import build_prompts
+    from rest.recipe.schema import validate_recipe
 
     recipe = validate_recipe(config)
     model_dir = resolve_model(recipe.model)

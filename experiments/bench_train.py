@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rest.models import resolve_model
-from rest.recipe import TrainConfig
-from rest.trainer_setup import DataShare, build_trainer
-from rest.training import trainer_rows, training_examples
+from rest.engines.models import resolve_model
+from rest.engines.trainer import DataShare, build_trainer
+from rest.phases.train import trainer_rows, training_examples
+from rest.recipe.schema import TrainConfig
 
 DEFAULT_KEPT = ["runs/default/iter_001/kept.parquet", "runs/default/iter_002/kept.parquet"]
 BATCH = 8
@@ -105,7 +105,7 @@ def trl_defaults(model: str, tokenizer, rows: list[dict], steps: int, out: Path)
 
 
 def rest_em(model: str, tokenizer, rows: list[dict], steps: int, out: Path, speed: dict) -> dict:
-    """rest-em's M-step trainer (rest.trainer_setup) with its recipe defaults plus ``speed`` overrides."""
+    """rest-em's M-step trainer (rest.engines.trainer) with its recipe defaults plus ``speed`` overrides."""
     cfg = TrainConfig(**SHARED, **speed, max_steps=steps)
     trainer, share = build_trainer(cfg, model, tokenizer, rows, [], out, seed=0, save_strategy="no")
     result = timed_training(trainer, share)
@@ -180,7 +180,7 @@ def main() -> None:
 
 def cpu_name() -> str:
     """The CPU model, and whether it multiplies bf16 in hardware (AMX), which decides the best M-step settings."""
-    from rest.trainer_setup import native_bf16
+    from rest.engines.trainer import native_bf16
 
     name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""

@@ -32,7 +32,7 @@ import pandas as pd
 
 from rest.filters.code_verifier import CodeVerifier
 from rest.filters.verifiers import MathAnswerVerifier
-from rest.verify import available_cores, judge_frame
+from rest.phases.verify import available_cores, judge_frame
 
 REPO = Path(__file__).resolve().parents[1]
 VERDICT_COLUMNS = ["correct", "reward", "verify__reason", "answer"]

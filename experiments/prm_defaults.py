@@ -24,13 +24,13 @@ def sample(recipe_path: str, out: str, n: int) -> None:
     """Held-out samples of the recipe's base model, judged by its verifier."""
     from vllm import SamplingParams
 
-    from rest.data import load_splits
+    from rest.data.problems import load_splits
+    from rest.engines.generation import generate, start_engine, stop_engine
+    from rest.engines.models import resolve_model
     from rest.filters.registry import build_verifier
-    from rest.generation import generate, start_engine, stop_engine
-    from rest.models import resolve_model
-    from rest.recipe import load_recipe
-    from rest.sampling import build_prompts
-    from rest.verify import judge_frame
+    from rest.phases.sample import build_prompts
+    from rest.phases.verify import judge_frame
+    from rest.recipe.schema import load_recipe
 
     recipe = load_recipe(recipe_path)
     base, cfg = resolve_model(recipe.model), recipe.sampling
@@ -52,13 +52,13 @@ def sample(recipe_path: str, out: str, n: int) -> None:
 
 def sweep(args: argparse.Namespace) -> None:
     """Train at each learning rate; held-out AUROC after each epoch."""
-    from rest.models import resolve_model
-    from rest.prm.metrics import auroc, hanley_mcneil_stderr
-    from rest.prm.training import load_causal_lm, reward_margin, sequence_logprobs, train_prm
-    from rest.prm.trainset import build_train_set, usable_rows
-    from rest.recipe import PrmConfig
-
     import torch
+
+    from rest.engines.models import resolve_model
+    from rest.prm.quality import auroc, hanley_mcneil_stderr
+    from rest.prm.trainset import build_train_set, usable_rows
+    from rest.prm.update import load_causal_lm, reward_margin, sequence_logprobs, train_prm
+    from rest.recipe.schema import PrmConfig
 
     torch.set_num_threads(args.threads)  # on a shared 2-core machine, 2 threads stalled each other
     base = resolve_model(args.model)

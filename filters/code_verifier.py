@@ -9,7 +9,7 @@ Gold formats (a mapping, or the same as a JSON string):
 - A list of assert statements (``["assert f(1) == 2", ...]``), each one test: the score is the
   fraction that pass.
 
-The score comes only from the sandbox harness's report (see ``sandbox.py``); the reason is the
+The score comes only from the sandbox harness's report (see ``sandbox/runner.py``); the reason is the
 sandbox's status: passed, failed, error, timeout, memory_limit, output_limit; a sandbox that could not
 start gives ``None`` ("cannot judge", reason sandbox_error). Code has no short final answer, so
 ``extract_answer`` is None and majority voting does not apply; ``extract_code`` is the code itself.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from .base import GoldAnswerError, Verdict
-from .sandbox import SandboxLimits, SandboxResult, run_sandboxed
+from .sandbox.runner import SandboxLimits, SandboxResult, run_sandboxed
 
 _SHOWN_CHARS = 80  # how much of a bad gold answer an error message quotes
 # An opening fence (``` or ~~~, optionally tagged python/py/python3 or untagged) to its closing fence

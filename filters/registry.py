@@ -6,7 +6,7 @@ import inspect
 from typing import Any, Callable
 
 from .prm_filter import ImplicitPRMFilter
-from .selection import DifficultyBand, Dedup, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
+from .selection import Dedup, DifficultyBand, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
 
 BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
     "keep_correct": KeepCorrect,

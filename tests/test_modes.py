@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from rest.modes import grow_iteration, improve_step, is_grow, learning_rate
-from rest.recipe import validate_recipe
+from rest.recipe.schema import validate_recipe
+from rest.run.modes import grow_iteration, improve_step, is_grow, learning_rate
 
 
 def recipe(**loop):
@@ -30,10 +30,10 @@ def test_rest_grows_once_per_cycle_and_decays_the_learning_rate_per_improve_step
 def test_best_iteration_is_tagged_and_registered_once(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from rest.best import record_best
-    from rest.rundir import RunDir
-    from rest.stopping import Best
-    from rest.tracking import Tracker
+    from rest.report.tracking import Tracker
+    from rest.run.best import record_best
+    from rest.run.rundir import RunDir
+    from rest.run.stopping import Best
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, undeclared_stats
 
 OLD_RUN = REPO / "tests" / "data" / "old_run"
 
@@ -43,6 +43,8 @@ def test_old_run_directory_resumes_with_the_same_results(tmp_path: Path, shared_
     assert (verify["samples"], verify["correct"], verify["original_correct"]) == (300, 16, 298)
     select = json.loads((run / "iter_001" / "stats" / "select.json").read_text())
     assert (select["kept"], select["prompts_with_kept"]) == (298, 298)
+
+    assert undeclared_stats(run) == {}
 
     status = rest("status", str(run), env=env)
     assert status.returncode == 0, status.stderr

@@ -5,8 +5,8 @@ import io
 
 from rich.console import Console
 
-from rest import progress
-from rest.progress import PlainProgress, phase_progress
+from rest.report import progress
+from rest.report.progress import PlainProgress, phase_progress
 
 
 def test_plain_progress_prints_done_total_rates_and_eta_without_control_characters(monkeypatch):
@@ -36,7 +36,7 @@ def test_phase_progress_is_plain_when_output_is_no_terminal(monkeypatch, capsys)
 
 
 def test_a_phase_warns_in_its_own_words_about_what_needs_action():
-    from rest.phase_table import warnings
+    from rest.phases.table import warnings
 
     assert warnings({"truncation_rate": 0.2, "kept": 3, "data_errors": {}}) == []
     found = warnings({"truncation_rate": 0.56, "kept": 0, "data_errors": {"p1": "gold '12 apples' is no number"}})

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rest.recipe import RecipeError, load_recipe, validate_recipe
+from rest.recipe.schema import RecipeError, load_recipe, validate_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.y*ml"))

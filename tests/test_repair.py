@@ -1,17 +1,26 @@
-"""Repair of failed samples (rest/repair.py) on literal tables: eligibility, prompts, the leakage rule, rows."""
+"""Repair of failed samples (rest/phases/repair.py) on literal tables: eligibility, prompts, the leakage rule, rows."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
+from rest.data.grown import judged_set, with_origin
+from rest.engines.generation import Completion
 from rest.filters.selection import PerPromptCap
-from rest.generation import Completion
-from rest.grown import judged_set, with_origin
-from rest.recipe import RepairConfig, validate_recipe
-from rest.repair import (RepairError, copies_hint, eligible, feedback, in_tokens_of, repair_questions, repaired_rows,
-                         reject_copies)
-from rest.rundir import RunDir
-from rest.training import training_examples
+from rest.phases.repair import (
+    RepairError,
+    copies_hint,
+    eligible,
+    feedback,
+    in_tokens_of,
+    reject_copies,
+    repair_questions,
+    repair_counts,
+    repaired_rows,
+)
+from rest.phases.train import training_examples
+from rest.recipe.schema import RepairConfig, validate_recipe
+from rest.run.rundir import RunDir
 
 
 def verified_rows() -> pd.DataFrame:
@@ -74,8 +83,8 @@ def repair_outputs() -> tuple[pd.DataFrame, list[str], list, pd.DataFrame]:
     shown = [f"Q: {q}\nA:" for q in requests["repair_question"]]
     outputs = [[Completion(0, " 56 * 9 = 504\n#### 504", [5, 6, 7], "stop", None),
                 Completion(1, " #### 504", [8], "stop", None)]]
-    training = pd.DataFrame({"prompt_id": ["a"], "prompt_text": ["Q: Q a?\nA:"], "prompt_token_ids": [[1, 2, 3]],
-                             "gold": ["504"]}).set_index("prompt_id")
+    training = pd.DataFrame({"prompt_id": ["a"], "question": ["Q a?"], "prompt_text": ["Q: Q a?\nA:"],
+                             "prompt_token_ids": [[1, 2, 3]], "gold": ["504"]}).set_index("prompt_id", drop=False)
     return requests, shown, outputs, training
 
 
@@ -90,6 +99,9 @@ def test_repaired_rows_train_on_the_plain_prompt_and_keep_their_provenance():
     judged = rows.assign(correct=True, reward=1.0, verify__reason="correct", answer="504")
     checked = reject_copies(judged, RepairConfig(method="rationalize"))
     assert checked["correct"].tolist() == [True, False]
+    assert repair_counts(checked) == {"attempts": 2, "verified": 1, "prompts_repaired": 1, "rejected_copies": 1,
+                                      "generated_tokens": 4}
+    assert repair_counts(pd.DataFrame()) == dict.fromkeys(repair_counts(checked), 0)
     assert checked["verify__reason"].tolist() == ["correct", "answer_without_working"]
     examples, _ = training_examples(checked[checked["correct"]], eos_token_id=0, max_length=64)
     assert examples[0]["input_ids"] == [1, 2, 3, 5, 6, 7, 0]  # plain prompt + repair + EOS, nothing else

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from rest.loop import run_loop
-from rest.phases import PhaseFailedError, active_phases, check_prerequisite, prerequisite
-from rest.recipe import PrmConfig, validate_recipe
-from rest.rundir import RunDir, RunDirError, atomic_directory, atomic_write_parquet, file_lock
+from rest.recipe.schema import PrmConfig, validate_recipe
+from rest.run.execute import PhaseFailedError, active_phases, check_prerequisite, prerequisite
+from rest.run.rundir import RunDir, RunDirError, atomic_directory, atomic_write_parquet, file_lock
 
 
 def recipe(**data):
@@ -97,3 +97,15 @@ def test_prm_phases_sit_between_verify_and_select():
     assert active_phases(recipe()) == ("sample", "verify", "select", "train", "eval")
     assert prerequisite(with_prm, 1, "prm_update") == (1, "verify")
     assert prerequisite(with_prm, 1, "select") == (1, "prm_score")
+
+
+def test_each_phase_shows_and_writes_only_keys_its_stats_type_declares():
+    from rest.phases.stats import EvalStats, SelectStats, undeclared
+    from rest.phases.table import PHASE_TABLE
+
+    for spec in PHASE_TABLE:
+        shown = {key for key, _ in spec.summary}
+        assert undeclared(spec.stats, dict.fromkeys(shown), eval_k=4) == set(), spec.name
+    assert undeclared(SelectStats, {"kept": 3, "kept_by_origin": {}, "keep": 1}) == {"keep"}
+    assert undeclared(EvalStats, {"pass@4": 0.5, "pass@4_stderr": 0.1, "maj@4": 0.4}, eval_k=4) == set()
+    assert undeclared(EvalStats, {"pass@8": 0.5, "prm_auroc": 0.7}, eval_k=4) == {"pass@8"}

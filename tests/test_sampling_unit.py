@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rest.generation import EngineError, engine_options
-from rest.recipe import EngineConfig, validate_recipe
-from rest.sampling import SamplingError, build_prompts
+from rest.engines.generation import EngineError, engine_options
+from rest.phases.sample import SamplingError, build_prompts
+from rest.recipe.schema import EngineConfig, validate_recipe
 
 
 def test_empty_prompt_set_is_a_clear_error():
@@ -31,15 +31,15 @@ def test_structured_gold_is_stored_as_json_that_the_code_verifier_reads_back():
     import numpy as np
 
     from rest.filters.code_verifier import parse_code_gold
-    from rest.sampling import gold_text
+    from rest.phases.sample import stored_gold
 
     gold = {"entry_point": "add", "prompt": 'def add(a, b):\n    """Sum."""\n',
             "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
-    assert gold_text("72") == "72"
-    assert json.loads(gold_text(gold)) == gold
-    assert parse_code_gold(gold_text(gold)).entry_point == "add"
-    assert json.loads(gold_text(["assert f(1) == 2", "assert f(2) == 3"])) == ["assert f(1) == 2", "assert f(2) == 3"]
-    assert json.loads(gold_text(np.array(["assert f(1) == 2"]))) == ["assert f(1) == 2"]
+    assert stored_gold("72") == "72"
+    assert json.loads(stored_gold(gold)) == gold
+    assert parse_code_gold(stored_gold(gold)).entry_point == "add"
+    assert json.loads(stored_gold(["assert f(1) == 2", "assert f(2) == 3"])) == ["assert f(1) == 2", "assert f(2) == 3"]
+    assert json.loads(stored_gold(np.array(["assert f(1) == 2"]))) == ["assert f(1) == 2"]
 
 
 class FakeEngine:
@@ -86,7 +86,7 @@ def shards_of(first_tokens: list[list[int]]) -> dict[int, pd.DataFrame]:
 
 
 def test_shards_are_yielded_when_complete_from_one_engine_batch():
-    from rest.sampling import sample_shards
+    from rest.phases.sample import sample_shards
 
     shards = {3: shards_of([[10, 11]])[0], 5: shards_of([[20, 21, 22]])[0]}  # positions 0-1 and 2-4
     engine = FakeEngine(finish_order=[3, 1, 2, 4, 0])
@@ -102,8 +102,22 @@ def test_shards_are_yielded_when_complete_from_one_engine_batch():
 
 
 def test_an_engine_that_stops_early_is_an_error():
-    from rest.generation import generate_stream
+    from rest.engines.generation import generate_stream
 
     engine = FakeEngine(finish_order=[1])  # prompt 0 never finishes
     with pytest.raises(EngineError, match="1 of 2 prompts unfinished"):
         list(generate_stream(engine, [[1], [2]], None))
+
+
+def test_sampling_params_follow_the_recipe_and_its_overrides():
+    from rest.engines.generation import sampling_params
+    from rest.recipe.schema import SamplingConfig
+
+    cfg = SamplingConfig(n=8, temperature=0.7, top_k=0, top_p=0.9, max_tokens=48, stop=["\nQ:"], logprobs=True)
+    sampled = sampling_params(cfg, logprobs=cfg.logprobs)
+    assert (sampled.n, sampled.temperature, sampled.top_k, sampled.top_p, sampled.max_tokens, sampled.stop,
+            sampled.logprobs) == (8, 0.7, -1, 0.9, 48, ["\nQ:"], 0)  # the recipe's top_k 0 (off): vLLM's -1
+    repair = sampling_params(cfg, n=4, temperature=None, max_tokens=None)
+    assert (repair.n, repair.temperature, repair.max_tokens, repair.logprobs) == (4, 0.7, 48, None)
+    greedy = sampling_params(cfg.model_copy(update={"top_k": 40}), n=1, temperature=0.0, max_tokens=96)
+    assert (greedy.n, greedy.temperature, greedy.max_tokens, greedy.top_p) == (1, 0.0, 96, 1.0)

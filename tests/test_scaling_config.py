@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import rest.generation
-from rest.generation import EngineError, engine_options
-from rest.launch import launch_command
-from rest.recipe import validate_recipe
-from rest.rundir import RunDir
+import rest.engines.generation
+from rest.engines.generation import EngineError, engine_options
+from rest.engines.launch import launch_command
+from rest.recipe.schema import validate_recipe
+from rest.run.rundir import RunDir
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
 BASE = {"name": "scale", "data": {"train_size": 4}}
@@ -34,8 +34,8 @@ def vllm_engine_arg_names() -> frozenset[str]:
 @pytest.fixture(autouse=True)
 def gpu_machine(monkeypatch):
     """The real vLLM option names; a GPU present, as on the machines this page is about."""
-    monkeypatch.setattr(rest.generation, "engine_arg_names", lambda: set(vllm_engine_arg_names()))
-    monkeypatch.setattr(rest.generation, "_has_gpu", lambda: True)
+    monkeypatch.setattr(rest.engines.generation, "engine_arg_names", lambda: set(vllm_engine_arg_names()))
+    monkeypatch.setattr(rest.engines.generation, "_has_gpu", lambda: True)
 
 
 def merged(fragment: dict) -> dict:
@@ -72,7 +72,7 @@ def test_parallel_keys_reach_the_engine_options():
 
 
 def test_overrides_reach_the_engine_and_the_launcher(tmp_path):
-    from rest.recipe import load_recipe
+    from rest.recipe.schema import load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(BASE))

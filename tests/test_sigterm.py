@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-# A stand-in for `rest`: starts a "phase" in its own session, as rest.phases.run_isolated does, that
+# A stand-in for `rest`: starts a "phase" in its own session, as rest.run.execute.run_isolated does, that
 # starts a long-lived child of its own (vLLM's engine), then waits with the same cleanup.
 PARENT = """
 import subprocess, sys
 from rest.cli.app import stop_on_sigterm
-from rest.phases import _kill_group
+from rest.run.execute import _kill_group
 if sys.argv[1] == "handler":
     stop_on_sigterm()
 phase = subprocess.Popen(

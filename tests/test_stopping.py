@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from rest.recipe import RecipeError, validate_recipe
-from rest.rundir import RunDir
-from rest.stopping import Best, best_iteration, early_stop_reason, metric_values
+from rest.recipe.schema import RecipeError, validate_recipe
+from rest.run.rundir import RunDir
+from rest.run.stopping import Best, best_iteration, early_stop_reason, metric_values
 
 
 def test_best_is_the_earliest_strict_improvement():
@@ -58,8 +58,8 @@ def evaluation_results(correct: list[list[bool]], k: int, prm: bool) -> dict:
     """The numbers the evaluation code writes to stats/eval.json for these verdicts (greedy answer first)."""
     import pandas as pd
 
-    from rest.evaluation import greedy_metrics, sampled_metrics
-    from rest.prm.metrics import prm_eval_metrics
+    from rest.phases.evaluate import greedy_metrics, sampled_metrics
+    from rest.prm.quality import prm_eval_metrics
 
     rows = [{"prompt_id": f"p{i}", "mode": "greedy" if j == 0 else "sampled", "sample_index": j - 1,
              "correct": ok, "answer": "1" if ok else "2", "truncated": False, "prm__min": 0.5 if ok else -0.5}

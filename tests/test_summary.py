@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from rest.cli.app import app
 from rest.loop import summary_rows
-from rest.plots import plot_kept, plot_metrics
-from rest.rundir import RunDir
-from rest.summary import iteration_rows, markdown, metric_columns, pointers, public_uri, render
+from rest.report.plots import plot_kept, plot_metrics
+from rest.report.summary import iteration_rows, markdown, metric_columns, pointers, public_uri, render
+from rest.run.rundir import RunDir
 
 EVAL = {"pass@1": 0.25, "pass@1_stderr": 0.1, "pass@4": 0.5, "pass@4_stderr": 0.12, "maj@4": 0.375,
         "maj@4_stderr": 0.11, "pass@1_sampled": 0.2, "pass@1_sampled_stderr": 0.05, "prompts": 8,

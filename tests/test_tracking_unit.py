@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rest.recipe import validate_recipe
-from rest.tracking import flatten, history_metrics, metric_key, numeric_items, pick_rows, sample_table
+from rest.recipe.schema import validate_recipe
+from rest.report.tracking import flatten, history_metrics, metric_key, numeric_items, pick_rows, sample_table
 
 
 def test_flatten_expands_mappings_and_lists_of_mappings_for_params():
@@ -71,8 +71,8 @@ def test_sample_table_has_the_columns_people_read():
 
 
 def test_every_seed_derives_from_the_recipe_in_one_place():
-    from rest.recipe import validate_recipe
-    from rest.seeds import iteration_seeds, seed_for
+    from rest.recipe.schema import validate_recipe
+    from rest.recipe.seeds import iteration_seeds, seed_for
 
     recipe = validate_recipe({"name": "x", "seed": 7, "data": {"train_size": 4}, "train": {"seed": 100}, "prm": {}})
     assert iteration_seeds(recipe, 0) == {"eval_engine": 7}

@@ -4,13 +4,20 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rest.launch import TrainingError, check_config_files, launch_command
-from rest.recipe import RecipeError, validate_recipe
-from rest.rundir import RunDir, atomic_write_parquet
-from rest.sampling import SamplingError
-from rest.trainer_setup import DataShare, weight_losses_by_reward
-from rest.training import (NoKeptSamplesError, init_model, loss_history, split_eval, train_iteration,
-                           trainer_rows, training_examples)
+from rest.engines.launch import TrainingError, check_config_files, launch_command
+from rest.engines.trainer import DataShare, weight_losses_by_reward
+from rest.phases.sample import SamplingError
+from rest.phases.train import (
+    NoKeptSamplesError,
+    init_model,
+    loss_history,
+    split_eval,
+    train_iteration,
+    trainer_rows,
+    training_examples,
+)
+from rest.recipe.schema import RecipeError, validate_recipe
+from rest.run.rundir import RunDir, atomic_write_parquet
 
 
 def recipe(init: str):
@@ -174,7 +181,7 @@ def test_launch_commands_run_every_rank_through_the_worker(tmp_path):
     run = RunDir(tmp_path)
     torchrun = launch_command(train_recipe(launcher="torchrun", num_processes=2).train, run, 3)
     assert torchrun[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    assert torchrun[-5:] == ["-m", "rest.worker", "train", str(tmp_path), "3"]
+    assert torchrun[-5:] == ["-m", "rest.run.worker", "train", str(tmp_path), "3"]
     cfg = train_recipe(launcher="accelerate", num_processes=4, accelerate_config="fsdp.yaml",
                        launcher_args=["--main_process_port", "29511"]).train
     accelerate = launch_command(cfg, run, 1)
@@ -196,8 +203,8 @@ def test_zero_kept_samples_stop_with_a_clear_error_before_any_trainer_starts(tmp
     ("no", True, "float32", False), ("no", False, "bfloat16", True),
 ])
 def test_bf16_autocast_follows_the_recipe_and_the_hardware(monkeypatch, tmp_path, mode, native, dtype, expected):
-    from rest import trainer_setup
-    from rest.recipe import TrainConfig
+    from rest.engines import trainer as trainer_setup
+    from rest.recipe.schema import TrainConfig
 
     monkeypatch.setattr(trainer_setup, "native_bf16", lambda: native)
     config = trainer_setup.sft_config(TrainConfig(mixed_precision=mode, dtype=dtype), tmp_path, seed=0, has_eval=False)
@@ -207,7 +214,7 @@ def test_bf16_autocast_follows_the_recipe_and_the_hardware(monkeypatch, tmp_path
 def test_native_bf16_is_what_the_cpu_reports(monkeypatch):
     import torch
 
-    from rest.trainer_setup import native_bf16
+    from rest.engines.trainer import native_bf16
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
@@ -224,8 +231,8 @@ class WordTokenizer:
 
 
 def test_the_m_step_trains_on_the_training_template_when_one_is_set():
-    from rest.prompts import with_training_prompts
-    from rest.recipe import PromptConfig
+    from rest.data.prompts import with_training_prompts
+    from rest.recipe.schema import PromptConfig
 
     kept = pd.DataFrame({"question": ["two plus two"], "prompt_text": ["Q: 1+1\nA: 2\n\nQ: two plus two\nA:"],
                          "prompt_token_ids": [[2, 3, 1, 2, 3, 4, 4, 2]], "completion_token_ids": [[9]],

@@ -12,12 +12,11 @@ from typing import Any, Callable, ClassVar
 import pandas as pd
 import pytest
 
-import rest.verify
-
+import rest.phases.verify
 from rest.filters.base import Verdict
 from rest.filters.code_verifier import CodeVerifier
 from rest.filters.verifiers import GSM8KVerifier, MathAnswerVerifier, math_timeout
-from rest.verify import judge_frame, pool_start_method, verification_stats
+from rest.phases.verify import judge_frame, pool_start_method, verification_stats
 
 VERDICT_COLUMNS = ["correct", "reward", "verify__reason", "answer"]
 IN_POOL = {"workers": 2, "chunk_size": 1, "pool_start_s": 0.0}  # every row goes to the pool's queue
@@ -52,7 +51,7 @@ def start_method(request, monkeypatch):
     The start method is forced: other tests leave threads behind (tqdm's monitor), which would make
     ``pool_start_method`` choose the fork server for the rest of the session.
     """
-    monkeypatch.setattr(rest.verify, "pool_start_method", lambda: request.param)
+    monkeypatch.setattr(rest.phases.verify, "pool_start_method", lambda: request.param)
     return request.param
 
 
@@ -66,7 +65,7 @@ def test_the_pool_forks_only_while_no_other_thread_runs():
         stop.set()
         thread.join()
     # A fresh interpreter runs no other thread (this session may: other tests leave tqdm's monitor).
-    fresh = subprocess.run([sys.executable, "-c", "from rest.verify import pool_start_method as m; print(m())"],
+    fresh = subprocess.run([sys.executable, "-c", "from rest.phases.verify import pool_start_method as m; print(m())"],
                            capture_output=True, text=True, check=True)
     assert fresh.stdout.strip() == "fork"
 

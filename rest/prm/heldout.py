@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 
 from rest.filters.prm_filter import AGGREGATES, prm_column
-from rest.prm.metrics import auroc, prm_eval_metrics
-from rest.recipe import Recipe
-from rest.rundir import RunDir
+from rest.prm.quality import auroc, prm_eval_metrics
+from rest.recipe.schema import Recipe
+from rest.run.rundir import RunDir
 
 
 def score_heldout(recipe: Recipe, run: RunDir, iteration: int, judged: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -18,8 +18,8 @@ def score_heldout(recipe: Recipe, run: RunDir, iteration: int, judged: pd.DataFr
     by ``prm.eval_aggregate``, the AUROC of every aggregate, and the scorer's numbers. Call it after the
     vLLM engine stopped: the scorer loads the PRM and the reference itself.
     """
-    from rest.prm.models import prm_after, reference_model
-    from rest.prm.scoring import score_frame
+    from rest.prm.checkpoints import prm_after, reference_model
+    from rest.prm.score import score_frame
 
     sampled = judged[judged["mode"] == "sampled"]
     prm, reference = prm_after(recipe, run, iteration), reference_model(recipe)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rest.recipe import EngineConfig
+from rest.recipe.schema import EngineConfig
 
 
 def vllm_completion_logprobs(
@@ -28,8 +28,8 @@ def vllm_completion_logprobs(
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from rest.generation import _progress_factory, start_engine, stop_engine
-    from rest.progress import phase_progress
+    from rest.engines.generation import _progress_factory, start_engine, stop_engine
+    from rest.report.progress import phase_progress
 
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(requests)
     todo = [i for i, (_, c) in enumerate(requests) if len(c)]

@@ -16,7 +16,7 @@ from rest.filters.code_verifier import (
     verdict_of,
     verify_many,
 )
-from rest.filters.sandbox import SandboxResult
+from rest.filters.sandbox.runner import SandboxResult
 
 HUMANEVAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "humaneval" / "HumanEval.jsonl"
 VERIFIER = CodeVerifier(time_s=5.0)

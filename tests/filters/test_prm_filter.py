@@ -93,7 +93,7 @@ def test_bad_options_are_clear_errors(options, message):
 
 
 def test_a_recipe_with_the_filter_but_no_prm_section_is_invalid():
-    from rest.recipe import RecipeError, validate_recipe
+    from rest.recipe.schema import RecipeError, validate_recipe
 
     with pytest.raises(RecipeError, match="the implicit_prm filter reads the PRM's scores: the recipe needs a prm"):
         validate_recipe({"name": "x", "data": {"train_size": 4}, "filters": [{"name": "implicit_prm"}]})

@@ -8,7 +8,7 @@ import pytest
 from rest.filters.code_verifier import CodeVerifier
 from rest.filters.prm_filter import ImplicitPRMFilter
 from rest.filters.registry import BUILTIN_FILTERS, build_filter, build_verifier, check_recipe_components, resolve
-from rest.filters.selection import DifficultyBand, Dedup, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
+from rest.filters.selection import Dedup, DifficultyBand, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
 from rest.filters.verifiers import GSM8KVerifier, MathAnswerVerifier
 
 
@@ -80,7 +80,7 @@ def test_check_recipe_components_builds_everything_once():
 
 
 def test_a_recipe_validates_the_new_filters():
-    from rest.recipe import RecipeError, validate_recipe
+    from rest.recipe.schema import RecipeError, validate_recipe
 
     raw = {"name": "prime", "data": {"train_size": 4}, "verifier": {"name": "gsm8k"},
            "filters": [{"name": "drop_truncated"}, {"name": "difficulty_band"},

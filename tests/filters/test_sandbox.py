@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rest.filters.sandbox import SandboxLimits, SandboxResult, processes_of_uids, run_sandboxed
+from rest.filters.sandbox.runner import SandboxLimits, SandboxResult, processes_of_uids, run_sandboxed
 
 QUICK = SandboxLimits(time_s=2.0)
 IS_ROOT = os.geteuid() == 0

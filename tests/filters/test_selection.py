@@ -6,9 +6,9 @@ import pytest
 
 from rest.filters.pipeline import FilterResult, run_pipeline
 from rest.filters.selection import (
+    Dedup,
     DifficultyBand,
     DropTruncated,
-    Dedup,
     KeepCorrect,
     KeepWhere,
     PerPromptCap,

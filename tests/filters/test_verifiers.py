@@ -2,8 +2,8 @@
 import json
 import pickle
 import time
-from decimal import Decimal
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,7 @@
 """Crash anywhere, rerun, get the same result: SIGKILL during the E-step, the PRM update, the filter and the
 M-step of one tiny real run (vLLM CPU, PRM, TRL, MLflow sqlite), each rerun with the same command.
 
-Kill points (``REST_EM_KILL_AT``, rest/faults.py) sit inside each phase, after part of its work is on
+Kill points (``REST_EM_KILL_AT``, rest/run/faults.py) sit inside each phase, after part of its work is on
 disk; every step asserts the phase really was cut off before rerunning. A second run directory redoes
 the phases after the E-step without interruption, on the same samples, for comparison.
 
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.conftest import undeclared_stats
 
 pytestmark = pytest.mark.integration
 
@@ -196,8 +198,13 @@ def test_prm_scores_filter_and_plots(crashed, phase_stats):
     assert (run / "iter_001" / "plots" / "implicit_prm_scores.png").stat().st_size > 1000
 
 
+def test_every_stats_file_has_only_declared_keys(crashed):
+    assert len(list(crashed["dir"].glob("iter_*/stats/prm_*.json"))) >= 2
+    assert undeclared_stats(crashed["dir"]) == {}
+
+
 def test_heldout_prm_metrics(crashed):
-    from rest.prm.metrics import auroc, hanley_mcneil_stderr, prm_weighted_vote
+    from rest.prm.quality import auroc, hanley_mcneil_stderr, prm_weighted_vote
 
     run = crashed["dir"]
     base = json.loads((run / "iter_000" / "eval" / "results.json").read_text())

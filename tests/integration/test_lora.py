@@ -70,9 +70,9 @@ def test_lora_m_step_merges_and_vllm_samples_the_adapter(tmp_path, builtin_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rest.prompts import render_prompt
-    from rest.recipe import validate_recipe
-    from rest.rundir import RunDir, atomic_write_parquet
+    from rest.data.prompts import render_prompt
+    from rest.recipe.schema import validate_recipe
+    from rest.run.rundir import RunDir, atomic_write_parquet
 
     recipe = validate_recipe(RECIPE)
     tokenizer = AutoTokenizer.from_pretrained(builtin_model)

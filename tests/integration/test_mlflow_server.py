@@ -46,7 +46,7 @@ def test_parent_and_one_nested_run_per_iteration(tiny_run):
 
 
 def test_metrics_equal_the_run_directorys_stats(tiny_run, phase_stats):
-    from rest.tracking import history_metrics, numeric_items
+    from rest.report.tracking import history_metrics, numeric_items
 
     run, client = tiny_run["dir"], tiny_run["client"]
     manifest = json.loads((run / "manifest.json").read_text())
@@ -138,9 +138,9 @@ def test_history_prm_plots_and_scores_reach_the_iteration_run(mlflow_server, tmp
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rest.recipe import validate_recipe
-    from rest.rundir import RunDir
-    from rest.tracking import Tracker
+    from rest.recipe.schema import validate_recipe
+    from rest.report.tracking import Tracker
+    from rest.run.rundir import RunDir
 
     recipe = validate_recipe({"name": "handmade", "data": {"train_size": 4},
                               "tracking": {"tracking_uri": mlflow_server, "system_metrics_interval_s": 0}})

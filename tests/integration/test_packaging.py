@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
-import importlib.util, json, rest, rest.filters, rest.filters.base, rest.cli
+import importlib.util, json, rest, rest.filters, rest.filters.base, rest.filters.sandbox.runner, rest.cli
 print(json.dumps({
     "filters_file": rest.filters.__file__,
     "cli_file": rest.cli.__file__,
@@ -47,6 +47,7 @@ def test_install_maps_filters_and_cli_under_rest(tmp_path, editable):
     else:
         site = next((venv / "lib").glob("python3*/site-packages"))
         assert Path(found["filters_file"]) == site / "rest" / "filters" / "__init__.py"
-        assert (site / "rest" / "cli" / "app.py").is_file() and (site / "rest" / "prm" / "scoring.py").is_file()
+        for module in ("cli/app.py", "prm/score.py", "phases/table.py", "run/worker.py", "filters/sandbox/launcher.py"):
+            assert (site / "rest" / module).is_file(), f"rest/{module} is not installed"
         assert not (site / "filters").exists() and not (site / "cli").exists()
     assert (venv / "bin" / "rest").is_file(), "the console script is installed"

@@ -36,8 +36,8 @@ def rest(work: Path, *args: str) -> None:
 def heldout(tmp_path_factory, builtin_model):
     """Held-out samples of the base model scored by the PRM trained on iteration 1's labels."""
     from rest.prm.heldout import score_heldout
-    from rest.recipe import load_recipe
-    from rest.rundir import RunDir
+    from rest.recipe.schema import load_recipe
+    from rest.run.rundir import RunDir
 
     work = tmp_path_factory.mktemp("prm_heldout")
     run_dir = work / "run"
@@ -62,7 +62,7 @@ def test_the_prm_was_trained_on_both_classes_of_other_prompts(heldout):
 
 
 def test_heldout_auroc_above_chance_by_more_than_its_stderr(heldout):
-    from rest.prm.metrics import auroc, hanley_mcneil_stderr
+    from rest.prm.quality import auroc, hanley_mcneil_stderr
 
     metrics, scored = heldout["metrics"], heldout["scored"]
     judged = scored[scored["correct"].notna()]

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import undeclared_stats
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,10 +55,15 @@ def test_repaired_samples_are_verified_and_carry_their_provenance(repair_run, ph
     assert stats["rejected_copies"] == int(copied.sum()) and not repaired.loc[copied, "correct"].any()
 
 
+def test_every_stats_file_has_only_declared_keys(repair_run):
+    assert (repair_run / "iter_001" / "stats" / "repair.json").is_file()
+    assert undeclared_stats(repair_run) == {}
+
+
 def test_the_trainer_input_holds_no_hint(repair_run, phase_stats, builtin_model):
     from transformers import AutoTokenizer
 
-    from rest.training import training_examples
+    from rest.phases.train import training_examples
 
     kept = pd.read_parquet(repair_run / "iter_001" / "kept.parquet")
     repaired_kept = kept[kept["origin"] == "rationalized"]

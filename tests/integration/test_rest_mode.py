@@ -60,8 +60,8 @@ def test_improve_step_refilters_the_grown_samples(rest_run, phase_stats):
 
 
 def test_the_grown_set_mixes_in_the_reference_solutions(rest_run, phase_stats):
-    from rest.data import load_splits
-    from rest.recipe import load_recipe
+    from rest.data.problems import load_splits
+    from rest.recipe.schema import load_recipe
 
     problems = load_splits(load_recipe(TINY, OVERRIDES)).train.set_index("prompt_id")
     for k in (1, 2):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import undeclared_stats
+
 pytestmark = pytest.mark.integration
 
 
@@ -108,6 +110,11 @@ def test_evaluation_of_base_and_trained_policy(tiny_run):
         assert results["maj@4"] <= results["pass@4"] and results["pass@1_sampled"] <= results["pass@4"]
         assert results["pass@4_stderr"] >= 0
     assert json.loads((run / "iter_001" / "eval" / "results.json").read_text())["policy"].endswith("iter_001/model")
+
+
+def test_every_stats_file_has_only_declared_keys(tiny_run):
+    assert len(list(tiny_run["dir"].glob("iter_*/stats/*.json"))) >= 6
+    assert undeclared_stats(tiny_run["dir"]) == {}
 
 
 def test_rerun_resumes_without_redoing_work_and_prints_the_table(tiny_run):

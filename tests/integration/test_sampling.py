@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from rest.data import load_splits
-from rest.recipe import validate_recipe
+from rest.data.problems import load_splits
+from rest.recipe.schema import validate_recipe
 
 pytestmark = pytest.mark.integration
 

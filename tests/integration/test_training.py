@@ -29,9 +29,9 @@ def prepare_run(tmp_path: Path, model: str, raw: dict, rewards: list[float] | No
     """A run directory whose iteration 1 is ready for `train`: a kept set of real token ids, written by hand."""
     from transformers import AutoTokenizer
 
-    from rest.prompts import render_prompt
-    from rest.recipe import validate_recipe
-    from rest.rundir import RunDir, atomic_write_parquet
+    from rest.data.prompts import render_prompt
+    from rest.recipe.schema import validate_recipe
+    from rest.run.rundir import RunDir, atomic_write_parquet
 
     recipe = validate_recipe(raw)
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -65,7 +65,7 @@ def rest_train(run, recipe_file: Path, **env) -> subprocess.CompletedProcess:
 
 
 def test_a_killed_m_step_resumes_from_its_last_checkpoint(tmp_path, builtin_model):
-    from rest.faults import KILL_ENV
+    from rest.run.faults import KILL_ENV
 
     run, recipe_file = prepare_run(tmp_path, builtin_model, base_recipe(
         save_steps=2, eval_fraction=0.25, overlong="truncate"))
@@ -139,9 +139,9 @@ def torch_equal(a, b) -> bool:
 def test_train_stats_reach_mlflow_with_history_paths_and_the_model(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from rest.recipe import validate_recipe
-    from rest.rundir import RunDir
-    from rest.tracking import Tracker
+    from rest.recipe.schema import validate_recipe
+    from rest.report.tracking import Tracker
+    from rest.run.rundir import RunDir
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     recipe = validate_recipe({**base_recipe(log_model=True), "tracking": {"enabled": True, "tracking_uri": uri}})

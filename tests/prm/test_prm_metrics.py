@@ -6,8 +6,14 @@ import math
 import pandas as pd
 import pytest
 
-from rest.prm.metrics import (auroc, best_of_n_prm, best_of_n_random, hanley_mcneil_stderr, prm_eval_metrics,
-                              prm_weighted_vote)
+from rest.prm.quality import (
+    auroc,
+    best_of_n_prm,
+    best_of_n_random,
+    hanley_mcneil_stderr,
+    prm_eval_metrics,
+    prm_weighted_vote,
+)
 
 
 def test_auroc_literal_values():
@@ -89,8 +95,8 @@ def test_heldout_scoring_adds_prm_columns_to_sampled_rows_and_measures_them(tiny
     from conftest import make_tiny_lm
 
     from rest.prm.heldout import score_heldout
-    from rest.recipe import validate_recipe
-    from rest.rundir import RunDir
+    from rest.recipe.schema import validate_recipe
+    from rest.run.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
     make_tiny_lm(run.prm(1), seed=1)  # a PRM that differs from the reference (the base model)

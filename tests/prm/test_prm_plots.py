@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rest.filtering import select_iteration
-from rest.recipe import validate_recipe
-from rest.rundir import RunDir
+from rest.phases.select import select_iteration
+from rest.recipe.schema import validate_recipe
+from rest.run.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,12 +6,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from rest.prm.scoring import COLUMNS, ScoringError, aggregate, prm_score_iteration, score_frame
-from rest.recipe import PrmConfig, validate_recipe
-from rest.rundir import RunDir
-
 from conftest import direct_logprobs, make_tiny_lm
+
+from rest.prm.score import COLUMNS, ScoringError, aggregate, prm_score_iteration, score_frame
+from rest.recipe.schema import PrmConfig, validate_recipe
+from rest.run.rundir import RunDir
 
 
 def tiny_samples(per_prompt: int = 3) -> pd.DataFrame:

@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from rest.prm.scoring import score_frame
-from rest.recipe import EngineConfig, PrmConfig
-
 from conftest import direct_logprobs
+
+from rest.prm.score import score_frame
+from rest.recipe.schema import EngineConfig, PrmConfig
 
 pytestmark = pytest.mark.integration
 

@@ -111,7 +111,7 @@ def test_empty_completion_has_no_steps(tok):
 
 
 def test_recipe_rejects_a_bad_step_regex_before_anything_runs():
-    from rest.recipe import RecipeError, validate_recipe
+    from rest.recipe.schema import RecipeError, validate_recipe
 
     with pytest.raises(RecipeError, match="step_delimiter 'Step \\(' is not a valid regex"):
         validate_recipe({"name": "x", "data": {"train_size": 2}, "prm": {"step_delimiter": "Step (", "step_regex": True}})

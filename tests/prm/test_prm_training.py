@@ -7,14 +7,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rest.prm.models import prm_after
-from rest.prm.training import (
-    ce_loss, dpo_loss, load_causal_lm, prm_update_iteration, reward_margin, sequence_logprob, sequence_logprobs,
+from rest.prm.checkpoints import prm_after
+from rest.prm.trainset import build_train_set
+from rest.prm.update import (
+    ce_loss,
+    dpo_loss,
+    load_causal_lm,
+    prm_update_iteration,
+    reward_margin,
+    sequence_logprob,
+    sequence_logprobs,
     train_prm,
 )
-from rest.prm.trainset import build_train_set
-from rest.recipe import PrmConfig, validate_recipe
-from rest.rundir import RunDir
+from rest.recipe.schema import PrmConfig, validate_recipe
+from rest.run.rundir import RunDir
 
 
 def toy_samples(prompts: int = 4, per_prompt: int = 4, seed: int = 0) -> pd.DataFrame:

@@ -1,0 +1,171 @@
+"""What each phase writes to ``iter_K/stats/<phase>.json``: one TypedDict per phase, the file's format.
+
+A phase function returns its type; readers (the status table, MLflow, the phase's terminal line) use the
+keys declared here. Keys are optional (``total=False``): a resumed phase, a skipped update or an empty job
+writes fewer. The phase table names each phase's type; :func:`undeclared` lists the keys a stats file has
+beyond it (the tests check every phase they run).
+"""
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from rest.metrics import evaluated_metrics
+
+
+class SampleStats(TypedDict, total=False):
+    prompts: int
+    shards: int
+    shards_resumed: int
+    engine_start_s: float
+    generate_s: float
+    generated_tokens_this_run: int  # tokens of the shards this run wrote (not those resumed)
+    tokens_per_s: float  # of this run's tokens
+    samples: int
+    unique_samples: int
+    prompts_sampled: int
+    prompts_with_n_samples: int
+    prompt_tokens: int
+    generated_tokens: int
+    truncation_rate: float
+    reused_from: int  # ReST's Improve steps: the iteration whose samples this one reuses
+
+
+class VerifyStats(TypedDict, total=False):
+    samples: int
+    correct: int
+    unjudged: int  # gold answers that did not parse, or a verifier that could not judge
+    accuracy: float
+    prompts_with_correct: int
+    reasons: dict[str, int]  # verifier reason -> samples
+    data_errors: dict[str, str]  # prompt id -> why its gold answer did not parse
+    original_rows: int  # loop.mix_original: the reference solutions verified with the samples
+    original_correct: int
+    workers: int
+    wall_s: float
+
+
+class RepairStats(TypedDict, total=False):
+    method: str
+    eligible_prompts: int
+    generate_s: float
+    data_errors: dict[str, str]
+    attempts: int
+    verified: int
+    prompts_repaired: int
+    rejected_copies: int  # verified, but quoting the hint or giving the answer without working
+    generated_tokens: int
+
+
+class PRMUpdateStats(TypedDict, total=False):
+    init: str
+    reference: str
+    loss_name: str  # the recipe's prm.loss
+    seed: int
+    rows: int
+    unjudged: int
+    empty_completion: int
+    too_long: int
+    usable_correct: int
+    usable_incorrect: int
+    steps: int
+    history: list[dict[str, float]]
+    first_loss: float
+    last_loss: float
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    beta: float
+    train_wall_s: float
+    trained_tokens: int
+    tokens_per_s: float
+    saved_to: str
+    skipped: bool
+    skip_reason: str | None  # why no update ran (the previous PRM stays in force)
+    wall_s: float
+
+
+class PRMScoreStats(TypedDict, total=False):
+    samples: int
+    too_long: int
+    completion_tokens: int
+    backend: str
+    dtype: str
+    beta: float
+    identical_models: bool
+    reference_from_sampler: bool  # the E-step's logprobs served as the reference's
+    models_run: int
+    startup_s: float
+    scoring_s: float
+    steps_s: float
+    wall_s: float
+    tokens_per_s: float | None
+    mean_steps: float
+    mean_min: float | None
+    prm: str
+    reference: str
+
+
+class SelectStats(TypedDict, total=False):
+    samples: int
+    kept: int
+    kept_fraction: float
+    prompts_with_kept: int
+    kept_by_origin: dict[str, int]  # sampled / rationalized / reflected / original -> kept rows
+    filters: dict[str, Any]  # filter name -> its in / kept / dropped-by-reason counts
+    filter_metrics: dict[str, float]  # the same, flattened for MLflow
+    plots: list[str]
+
+
+class TrainStats(TypedDict, total=False):
+    init: str
+    examples: int
+    eval_examples: int
+    dropped_too_long: int
+    dropped_overlong: int
+    truncated_overlong: int
+    overlong: int
+    num_processes: int
+    steps: int
+    resumed_from_step: int
+    resumed_from: str | None
+    train_loss: float
+    final_loss: float | None
+    eval_loss: float | None
+    loss_curve: list[float]
+    history: list[dict[str, float]]
+    train_wall_s: float
+    tokens: int
+    tokens_per_s: float
+    trainable_params: int
+    bf16_autocast: bool
+    checkpoint_dir: str
+    model_path: str
+    log_model: bool
+    trainer_example_0: dict[str, Any]
+
+
+class EvalStats(TypedDict, total=False):
+    """Plus every metric of :func:`rest.metrics.evaluated_metrics` and its ``_stderr``."""
+    policy: str
+    prompts: int
+    unjudged: int
+    truncation_rate: float
+    data_errors: dict[str, str]
+    engine_start_s: float
+    greedy_generate_s: float
+    sampled_generate_s: float
+    generated_tokens: int
+    prm_auroc_by_aggregate: dict[str, float | None]  # the PRM's held-out numbers (a prm section with eval on)
+    prm_model: str
+    prm_aggregate: str
+    prm_scoring_wall_s: float | None
+    prm_scoring_tokens_per_s: float | None
+
+
+def undeclared(declared: type, stats: dict[str, Any], eval_k: int = 1) -> set[str]:
+    """Keys of ``stats`` that its phase's stats type ``declared`` lacks; for eval, ``eval_k``'s metrics count."""
+    names = set(declared.__annotations__)
+    if declared is EvalStats:
+        metrics = evaluated_metrics(samples=1, k=eval_k, prm=True)
+        names |= {*metrics, *(f"{m}_stderr" for m in metrics)}
+    return set(stats) - names

@@ -1,0 +1,1 @@
+"""The recipe: its schema with every field documented, validation messages, seed rules."""

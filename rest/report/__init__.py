@@ -1,0 +1,1 @@
+"""What people read: MLflow tracking, the status table, plots, terminal progress."""

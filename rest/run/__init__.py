@@ -1,0 +1,1 @@
+"""Running phases: the run directory and its manifest, a phase's own process, fault injection, schedules, stopping."""
