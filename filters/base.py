@@ -14,6 +14,7 @@ class Verdict(NamedTuple):
     score: float | None  # in [0, 1]; None = cannot judge
     reason: str  # short machine-readable reason: "correct", "wrong", "no_answer", ...
     answer: str | None = None  # the extracted final answer, for majority voting and audits
+    detail: str | None = None  # what went wrong, in words a reader or a reflecting model can act on
 
 
 class Verifier(Protocol):

@@ -23,7 +23,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .base import GoldAnswerError, Verdict
 from .sandbox.runner import SandboxLimits, SandboxResult, run_sandboxed
@@ -153,7 +153,8 @@ class CodeVerifier:
 
     def judge(self, completion: str, gold: Any, sample: Mapping[str, Any] | None = None) -> Verdict:
         """Score (passed/total), reason (the sandbox status); raises GoldAnswerError for a bad gold."""
-        return verdict_of(self.run(completion, gold))
+        parsed = parse_code_gold(gold)
+        return verdict_of(self._run(completion, parsed), parsed.tests)
 
     def __call__(self, completion: str, gold: Any, sample: Mapping[str, Any] | None = None) -> float | None:
         """The score alone (None = the sandbox could not run)."""
@@ -165,17 +166,42 @@ class CodeVerifier:
 
     def run(self, completion: str, gold: Any) -> SandboxResult:
         """The sandbox's full result for one completion (per-test outcomes, output, isolation level)."""
-        parsed = parse_code_gold(gold)
+        return self._run(completion, parse_code_gold(gold))
+
+    def _run(self, completion: str, parsed: CodeGold) -> SandboxResult:
         names = (parsed.entry_point,) if parsed.entry_point else parsed.names
         program = build_program(extract_code(completion, names), parsed)
         return run_sandboxed(program, parsed.tests, limits=self.limits())
 
 
-def verdict_of(result: SandboxResult) -> Verdict:
+def verdict_of(result: SandboxResult, tests: Sequence[str] = ()) -> Verdict:
     """The Verdict for a sandbox result: passed/total, or None when the sandbox itself failed."""
     if result.status == "sandbox_error":
-        return Verdict(None, "sandbox_error", None)
-    return Verdict(result.fraction if result.reported else 0.0, result.status, None)
+        return Verdict(None, "sandbox_error", None, result.detail or None)
+    return Verdict(result.fraction if result.reported else 0.0, result.status, None, failure(result, tests))
+
+
+_TEST_CHARS = 800  # of a failing test's source quoted in a detail (HumanEval's check functions run long)
+
+
+def failure(result: SandboxResult, tests: Sequence[str]) -> str | None:
+    """The first thing that went wrong (None when every test passed): the error before any test ran, the
+    first failing test with its exception, or the limit the run hit."""
+    if result.status == "passed":
+        return None
+    if result.load_error:
+        return f"the program raised {_exception(result.load_error)} before any test ran"
+    for index, (passed, error) in enumerate(zip(result.tests_passed, result.test_errors)):
+        if result.reported and not passed:
+            test = tests[index].strip() if index < len(tests) else f"test {index + 1}"
+            test = test if len(test) <= _TEST_CHARS else test[:_TEST_CHARS] + "..."
+            return f"this test failed with {_exception(error or '?')}:\n{test}"
+    return result.detail or result.status
+
+
+def _exception(error: str) -> str:
+    """``AssertionError: `` -> ``AssertionError`` (an exception with no message)."""
+    return error.rstrip().removesuffix(":")
 
 
 def verify_many(verifier: Any, items: Iterable[tuple[str, Any, Mapping[str, Any] | None]], workers: int | None = None) -> list[Verdict]:

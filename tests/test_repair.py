@@ -1,6 +1,8 @@
 """Repair of failed samples (rest/phases/repair.py) on literal tables: eligibility, prompts, the leakage rule, rows."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -14,8 +16,8 @@ from rest.phases.repair import (
     feedback,
     in_tokens_of,
     reject_copies,
-    repair_questions,
     repair_counts,
+    repair_questions,
     repaired_rows,
 )
 from rest.phases.train import training_examples
@@ -61,6 +63,19 @@ def test_reflect_shows_failed_attempts_with_the_verifiers_feedback():
     assert requests["repair_question"].iloc[0] == (
         "Q a?\n\nA wrong solution:\nattempt a0\nThe final answer 12 is wrong.\nWrite a correct solution.")
     assert feedback(pd.Series({"answer": None, "verify__reason": "no_answer"})) == "It was rejected: no_answer."
+
+
+def test_reflection_on_code_quotes_the_failing_test_and_its_error():
+    from rest.filters.code_verifier import CodeVerifier
+    from rest.phases.verify import judge_frame
+
+    tests = ["assert add(1, 2) == 3", "assert add(-1, 1) == 5"]
+    sample = {"prompt_id": "p", "sample_index": 0, "iteration": 1, "question": "Write add(a, b).", "policy": "base",
+              "completion": "def add(a, b):\n    return a + b\n", "gold": json.dumps(tests)}
+    judged, _ = judge_frame(CodeVerifier(time_s=5.0), pd.DataFrame([sample]), workers=1)
+    assert judged["verify__detail"].tolist() == ["this test failed with AssertionError:\nassert add(-1, 1) == 5"]
+    question = repair_questions(RepairConfig(method="reflect"), eligible(judged, 0))["repair_question"].iloc[0]
+    assert "It is wrong: this test failed with AssertionError:\nassert add(-1, 1) == 5" in question
 
 
 @pytest.mark.parametrize("completion, reason", [

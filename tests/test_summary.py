@@ -123,3 +123,34 @@ def test_rows_and_table_with_repair(tmp_path):
     render(rows, console)
     text = console.export_text()
     assert "repaired" in text and "7 (10)" in text and "3 (6)" in text
+
+
+def test_status_shows_the_running_phase_its_progress_or_that_it_was_killed(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from rest.report import progress
+    from rest.report.summary import running
+    from rest.run.rundir import RunDir, atomic_write_json
+
+    run = RunDir(tmp_path)
+    assert running(run) == []
+    monkeypatch.setenv(progress.PROGRESS_FILE_ENV, str(run.progress(1, "sample")))
+    run.progress(1, "sample").parent.mkdir(parents=True)
+    atomic_write_json(run.running_path, {"phase": "sample", "iteration": 1, "pid": os.getpid(),
+                                         "started": time.time() - 125})
+    with progress.phase_progress("E-step iter 1", total=10) as bar:
+        bar.advance(4, samples=32)
+        bar.record()
+        lines = running(run)
+    assert lines[0] == "running: sample of iteration 1 for 0:02:05"
+    assert lines[1].startswith("  E-step iter 1: 4/10 (40%)  ") and "samples/s" in lines[1] and "ETA" in lines[1]
+    assert json.loads(run.progress(1, "sample").read_text())["done"] == 4  # the bar's last state is recorded
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    atomic_write_json(run.running_path, {"phase": "train", "iteration": 2, "pid": int(gone.stdout),
+                                         "started": time.time()})
+    assert running(run) == [f"interrupted: train of iteration 2 did not finish (its process {int(gone.stdout)} is "
+                            "gone); rerun the same command to resume"]

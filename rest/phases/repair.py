@@ -57,9 +57,11 @@ def eligible(verified: pd.DataFrame, max_correct: int) -> pd.DataFrame:
 
 def feedback(row: pd.Series) -> str:
     """The verifier's verdict on a failed sample, in words a reflector can act on."""
-    answer = row.get("answer")
+    answer, detail = row.get("answer"), row.get("verify__detail")
     if isinstance(answer, str) and answer:
         return f"The final answer {answer} is wrong."
+    if isinstance(detail, str) and detail:
+        return f"It is wrong: {detail}"
     reason = row.get("verify__reason")
     return f"It was rejected: {reason}." if isinstance(reason, str) and reason else "It was rejected."
 

@@ -249,6 +249,7 @@ def _with_verdicts(samples: pd.DataFrame, outcomes: list[Outcome]) -> tuple[pd.D
     judged["reward"] = pd.Series([v.score for v in verdicts], index=samples.index, dtype="float64")
     judged["verify__reason"] = [v.reason for v in verdicts]
     judged["answer"] = [v.answer for v in verdicts]
+    judged["verify__detail"] = [v.detail for v in verdicts]
     return judged, data_errors
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
-from typing import IO, Iterator
+from pathlib import Path
+from typing import IO, Any, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,6 +45,9 @@ def adopt_ui_channel() -> None:
 
 # Without a terminal (CI, nohup, a file) progress is a plain line every this many seconds (default 30).
 PLAIN_INTERVAL_ENV = "REST_EM_PROGRESS_INTERVAL"
+# Set for a running phase: the JSON file where its progress bars keep their state (read by `rest status`).
+PROGRESS_FILE_ENV = "REST_EM_PROGRESS_FILE"
+_RECORD_INTERVAL_S = 2.0
 
 
 class PhaseBar:
@@ -75,16 +80,50 @@ class PlainProgress:
 
     def report(self) -> None:
         self._last = time.perf_counter()
+        line = progress_line(self.description, self.done, self.total, self._rates, self._last - self._started)
+        self._out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+class RecordedProgress:
+    """A bar that also keeps its state in a JSON file every few seconds, for `rest status` to show."""
+
+    def __init__(self, bar: PhaseBar | PlainProgress, description: str, total: float | None, path: Path):
+        self._bar, self._path = bar, path
+        self._state: dict[str, Any] = {"description": description, "total": total, "done": 0.0, "rates": ""}
+        self._started = self._last = time.perf_counter()
+
+    @property
+    def counters(self) -> dict[str, float]:
+        return self._bar.counters
+
+    def advance(self, steps: float = 1, **counters: float) -> None:
+        self._bar.advance(steps, **counters)
+        self._state["done"] += steps
+        if time.perf_counter() - self._last >= _RECORD_INTERVAL_S:
+            self.record()
+
+    def record(self) -> None:
+        """Replace the file with the bar's state now (atomically: a reader never sees half of it)."""
+        self._last = time.perf_counter()
         elapsed = self._last - self._started
-        parts = [f"{self.description}: {self.done:,.0f}" + (f"/{self.total:,.0f}" if self.total else "")]
-        if self.total:
-            parts[0] += f" ({100 * self.done / self.total:.0f}%)"
-        if self._rates:
-            parts.append(self._rates)
-        parts.append(f"elapsed {_clock(elapsed)}")
-        if self.total and 0 < self.done < self.total:
-            parts.append(f"ETA {_clock(elapsed * (self.total - self.done) / self.done)}")
-        self._out.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
+        self._state.update(elapsed_s=elapsed, updated=time.time(), rates=rates_text(self.counters, {}, self._started))
+        tmp = self._path.with_name(f".{self._path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self._state))
+            os.replace(tmp, self._path)
+        except OSError:  # the run directory went away or is read-only: progress is not worth failing for
+            pass
+
+
+def progress_line(description: str, done: float, total: float | None, rates: str, elapsed: float) -> str:
+    """``E-step iter 1: 254/300 (85%)  3.8 samples/s  elapsed 0:09:01  ETA 0:01:38``."""
+    parts = [f"{description}: {done:,.0f}" + (f"/{total:,.0f} ({100 * done / total:.0f}%)" if total else "")]
+    if rates:
+        parts.append(rates)
+    parts.append(f"elapsed {clock(elapsed)}")
+    if total and 0 < done < total:
+        parts.append(f"ETA {clock(elapsed * (total - done) / done)}")
+    return "  ".join(parts)
 
 
 def rates_text(counters: dict[str, float], added: dict[str, float], started: float) -> str:
@@ -95,14 +134,28 @@ def rates_text(counters: dict[str, float], added: dict[str, float], started: flo
     return "  ".join(f"{v / elapsed:,.1f} {k}/s" for k, v in counters.items())
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 @contextlib.contextmanager
-def phase_progress(description: str, total: float | None) -> Iterator[PhaseBar | PlainProgress]:
-    """A progress bar for one phase, closed when the block ends (plain lines when output is no terminal)."""
+def phase_progress(description: str, total: float | None) -> Iterator[PhaseBar | PlainProgress | RecordedProgress]:
+    """A progress bar for one phase, closed when the block ends (plain lines when output is no terminal);
+    while a phase runs (``REST_EM_PROGRESS_FILE`` set), its state is kept in that file as well."""
+    path = os.environ.get(PROGRESS_FILE_ENV)
+    with _bar(description, total) as bar:
+        if not path:
+            yield bar
+            return
+        recorded = RecordedProgress(bar, description, total, Path(path))
+        recorded.record()
+        yield recorded
+        recorded.record()
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: float | None) -> Iterator[PhaseBar | PlainProgress]:
     out = console()
     if not out.is_terminal:
         plain = PlainProgress(description, total, out, float(os.environ.get(PLAIN_INTERVAL_ENV, "30")))

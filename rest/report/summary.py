@@ -1,11 +1,15 @@
 """What a run looks like from its run directory alone: per-iteration rows, the `rest status` tables, pointers."""
 from __future__ import annotations
 
+import json
+import os
 import re
+import time
 from typing import Any
 
 from rest.phases.stats import PRMUpdateStats, RepairStats
 from rest.phases.table import PHASE_TABLE, PHASES, TIME_COLUMNS
+from rest.report.progress import clock, progress_line
 from rest.run.rundir import RunDir
 
 COLUMN_NAMES = {"pass@1_sampled": "pass@1\nsampled", "prm_auroc": "AUROC", "best_of_n_prm": "best of n\nby PRM",
@@ -125,7 +129,8 @@ def render(rows: list[dict[str, Any]], console: Any) -> None:
 def pointers(run: RunDir, stopped_because: str | None = None) -> list[str]:
     """Lines after the tables: why the loop stopped, the run directory, and where the MLflow runs are."""
     manifest = run.manifest()
-    lines = [f"stopped: {stopped_because}"] if stopped_because else []
+    lines = running(run)
+    lines += [f"stopped: {stopped_because}"] if stopped_because else []
     finished = [(info.get("finished", ""), int(k), PHASES.index(phase) if phase in PHASES else -1, phase)
                 for k, phases in manifest.get("iterations", {}).items() for phase, info in phases.items()]
     if finished and not stopped_because:  # timestamps have 1 s resolution: ties go to the later phase
@@ -142,6 +147,37 @@ def pointers(run: RunDir, stopped_because: str | None = None) -> list[str]:
         if uri.startswith("sqlite:"):
             lines.append(f"  browse: mlflow ui --backend-store-uri {uri}")
     return lines
+
+
+def running(run: RunDir) -> list[str]:
+    """The phase running now and its progress; or the phase a killed run left unfinished."""
+    try:
+        info = json.loads(run.running_path.read_text())
+    except (OSError, ValueError):
+        return []
+    what = f"{info['phase']} of iteration {info['iteration']}"
+    if not _alive(info["pid"]):
+        return [f"interrupted: {what} did not finish (its process {info['pid']} is gone); "
+                "rerun the same command to resume"]
+    lines = [f"running: {what} for {clock(time.time() - info['started'])}"]
+    try:
+        bar = json.loads(run.progress(info["iteration"], info["phase"]).read_text())
+    except (OSError, ValueError):
+        return lines
+    age = time.time() - bar["updated"]
+    lines.append("  " + progress_line(bar["description"], bar["done"], bar["total"], bar["rates"], bar["elapsed_s"])
+                 + f"  ({age:.0f} s ago)")
+    return lines
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def header(recipe: Any, run: RunDir) -> list[str]:

@@ -1,6 +1,7 @@
 """The phases of an iteration, how each one runs (in-process or in its own process), and their prerequisites."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -9,14 +10,14 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rest.errors import RestError
 from rest.phases.table import PHASE_TABLE, warnings
 from rest.phases.table import phase as declared
 from rest.recipe.schema import Recipe
-from rest.report.progress import FORCE_TTY_ENV, UI_FD_ENV, VERBOSE_ENV, console
-from rest.run.rundir import RunDir
+from rest.report.progress import FORCE_TTY_ENV, PROGRESS_FILE_ENV, UI_FD_ENV, VERBOSE_ENV, console
+from rest.run.rundir import RunDir, atomic_write_json
 
 
 class PhaseFailedError(RestError, RuntimeError):
@@ -62,10 +63,11 @@ def execute_phase(recipe: Recipe, run: RunDir, k: int, phase: str, tracker: Any 
     if tracker is not None:
         tracker.start_phase(k, phase)  # system metrics of the phase go to its iteration's run
     started = time.perf_counter()
-    if declared(phase).isolated:
-        stats = run_isolated(run, k, phase)
-    else:
-        stats = phase_function(phase)(recipe, run, k)
+    with _running(run, k, phase):
+        if declared(phase).isolated:
+            stats = run_isolated(run, k, phase)
+        else:
+            stats = phase_function(phase)(recipe, run, k)
     wall = time.perf_counter() - started
     run.mark_done(k, phase, wall)
     console().print(declared(phase).line(k, stats, wall), markup=False, highlight=False, soft_wrap=True)
@@ -74,6 +76,26 @@ def execute_phase(recipe: Recipe, run: RunDir, k: int, phase: str, tracker: Any 
     if tracker is not None:
         tracker.log_phase(k, phase, {**stats, "wall_s": wall})
     return stats
+
+
+@contextlib.contextmanager
+def _running(run: RunDir, k: int, phase: str) -> Iterator[None]:
+    """Record that ``phase`` of iteration ``k`` runs in this process, and where its progress is kept."""
+    progress = run.progress(k, phase)
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    progress.unlink(missing_ok=True)
+    atomic_write_json(run.running_path, {"phase": phase, "iteration": k, "pid": os.getpid(), "started": time.time()})
+    before = os.environ.get(PROGRESS_FILE_ENV)
+    os.environ[PROGRESS_FILE_ENV] = str(progress)  # in-process phases and the phase's own process read it
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_FILE_ENV, None)
+        else:
+            os.environ[PROGRESS_FILE_ENV] = before
+        run.running_path.unlink(missing_ok=True)
+        progress.unlink(missing_ok=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -130,6 +130,15 @@ class RunDir:
         """A phase's summary numbers (what MLflow and ``rest status`` show)."""
         return self.iteration(k) / "stats" / f"{phase}.json"
 
+    def progress(self, k: int, phase: str) -> Path:
+        """A running phase's progress bar state (gone when the phase ends)."""
+        return self.iteration(k) / "logs" / f"{phase}.progress.json"
+
+    @property
+    def running_path(self) -> Path:
+        """Which phase runs now, in which process (gone when it ends; left behind by a killed run)."""
+        return self.root / "running.json"
+
     @property
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"

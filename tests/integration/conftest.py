@@ -66,6 +66,35 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
+def run_watching_status(cmd: list[str], work: Path, env: dict, run: Path, timeout: float):
+    """Run ``cmd`` to its end; meanwhile read the run's status as `rest status` does, every second.
+
+    Returns the finished process (stdout and stderr as text) and every distinct status line seen, plus the
+    output of one `rest status` command made while a phase showed progress.
+    """
+    from rest.report.summary import running
+    from rest.run.rundir import RunDir
+
+    seen: list[str] = []
+    status_tries = 5  # a phase may end while `rest status` starts: try again (with the next phase's progress)
+    with open(work / "out.txt", "w+") as out, open(work / "err.txt", "w+") as err:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=err, text=True)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, f"{cmd} did not finish in {timeout} s"
+            lines = running(RunDir(run))
+            seen += [line for line in lines if line not in seen]
+            if len(lines) == 2 and status_tries and not any(line.startswith("rest status:") for line in seen):
+                status_tries -= 1
+                status = subprocess.run([sys.executable, "-m", "rest.cli.app", "status", str(run)], env=env,
+                                        capture_output=True, text=True, timeout=120)
+                if "running: " in status.stdout:
+                    seen += ["rest status:" + status.stdout]
+            time.sleep(1)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()), seen
+
+
 @pytest.fixture(scope="session")
 def tiny_run(mlflow_server, tmp_path_factory, builtin_model):
     """`rest run` on the tiny recipe, logging to the server, then the same command again (it must resume)."""
@@ -77,7 +106,7 @@ def tiny_run(mlflow_server, tmp_path_factory, builtin_model):
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "rest.cli.app", "run", str(TINY), "--run-dir", str(run),
            f"tracking.tracking_uri={mlflow_server}", *TINY_OVERRIDES]
-    first = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+    first, status_seen = run_watching_status(cmd, work, env, run, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     manifest_after_first = json.loads((run / "manifest.json").read_text())
     logs_after_first = {str(p): p.stat().st_size for p in run.glob("iter_*/logs/*.log")}
@@ -89,7 +118,7 @@ def tiny_run(mlflow_server, tmp_path_factory, builtin_model):
     return {"dir": run, "work": work, "first": first, "again": again, "base": builtin_model,
             "manifest_after_first": manifest_after_first, "logs_after_first": logs_after_first,
             "logs_after_again": {str(p): p.stat().st_size for p in run.glob("iter_*/logs/*.log")},
-            "client": client, "url": mlflow_server,
+            "client": client, "url": mlflow_server, "status_seen": status_seen,
             "parents": [r for r in runs if "mlflow.parentRunId" not in r.data.tags],
             "children": {r.data.tags["rest.iteration"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}}
 

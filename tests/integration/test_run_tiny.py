@@ -6,6 +6,7 @@ reads the same run back through MlflowClient.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from rest.phases.table import PHASE_TABLE
 from tests.conftest import undeclared_stats
 
 pytestmark = pytest.mark.integration
@@ -147,3 +149,14 @@ def test_the_terminal_shows_rest_ems_lines_and_the_logs_hold_the_rest(tiny_run, 
     base = phase_stats(run, 0, "eval")
     assert f"eval       iter 0  pass@1 {base['pass@1']:.3f}" in terminal
     assert "E-step iter 1: " in terminal  # a plain progress line
+
+
+def test_status_shows_the_running_phase_and_its_progress_while_the_run_goes_on(tiny_run):
+    seen = tiny_run["status_seen"]
+    phases = "|".join(p.name for p in PHASE_TABLE)
+    assert any(re.fullmatch(rf"running: ({phases}) of iteration \d for \d:\d\d:\d\d", line) for line in seen), seen
+    assert any(re.match(r"  .+: \d+/\d+ \(\d+%\) .*elapsed \d:\d\d:\d\d.* s ago\)$", line) for line in seen), seen
+    cli = next(line for line in seen if line.startswith("rest status:"))
+    assert re.search(r"running: \w+ of iteration \d", cli) and re.search(r"\d+/\d+ \(\d+%\)", cli), cli
+    assert not (tiny_run["dir"] / "running.json").exists()
+    assert not list(tiny_run["dir"].glob("iter_*/logs/*.progress.json"))
