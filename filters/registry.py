@@ -5,6 +5,7 @@ import importlib
 import inspect
 from typing import Any, Callable
 
+from .arithmetic import TrueArithmetic
 from .prm_filter import ImplicitPRMFilter
 from .selection import Dedup, DifficultyBand, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
 
@@ -16,6 +17,7 @@ BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
     "difficulty_band": DifficultyBand,
     "keep_where": KeepWhere,
     "implicit_prm": ImplicitPRMFilter,
+    "true_arithmetic": TrueArithmetic,
 }
 
 
