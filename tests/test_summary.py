@@ -142,7 +142,8 @@ def test_status_shows_the_running_phase_its_progress_or_that_it_was_killed(tmp_p
     atomic_write_json(run.running_path, {"phase": "sample", "iteration": 1, "pid": os.getpid(),
                                          "started": time.time() - 125})
     with progress.phase_progress("E-step iter 1", total=10) as bar:
-        bar.advance(4, samples=32)
+        bar.advance(1, samples=8)
+        bar.advance(3, samples=24)
         bar.record()
         lines = running(run)
     assert lines[0] == "running: sample of iteration 1 for 0:02:05"

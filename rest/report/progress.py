@@ -71,17 +71,39 @@ class PlainProgress:
         self.description, self.total, self._out, self._interval = description, total, out, interval
         self._started = self._last = time.perf_counter()
         self.done, self.counters, self._rates = 0.0, {}, ""
+        self.eta = Eta(total)
 
     def advance(self, steps: float = 1, **counters: float) -> None:
         self.done += steps
         self._rates = rates_text(self.counters, counters, self._started)
+        self.eta.update(self.done)
         if time.perf_counter() - self._last >= self._interval:
             self.report()
 
     def report(self) -> None:
         self._last = time.perf_counter()
-        line = progress_line(self.description, self.done, self.total, self._rates, self._last - self._started)
+        line = progress_line(self.description, self.done, self.total, self._rates, self._last - self._started,
+                             self.eta.seconds(self.done))
         self._out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+class Eta:
+    """Time left, from the pace since the first unit finished: the wait before it (an engine starting, a
+    model loading) says nothing about the pace after."""
+
+    def __init__(self, total: float | None):
+        self.total = total
+        self._first: tuple[float, float] | None = None  # (when, done) at the first advance
+
+    def update(self, done: float) -> None:
+        if self._first is None:
+            self._first = (time.perf_counter(), done)
+
+    def seconds(self, done: float) -> float | None:
+        if not self.total or self._first is None or not self._first[1] < done < self.total:
+            return None
+        when, first = self._first
+        return (time.perf_counter() - when) * (self.total - done) / (done - first)
 
 
 class RecordedProgress:
@@ -91,6 +113,7 @@ class RecordedProgress:
         self._bar, self._path = bar, path
         self._state: dict[str, Any] = {"description": description, "total": total, "done": 0.0, "rates": ""}
         self._started = self._last = time.perf_counter()
+        self._eta = Eta(total)
 
     @property
     def counters(self) -> dict[str, float]:
@@ -99,6 +122,7 @@ class RecordedProgress:
     def advance(self, steps: float = 1, **counters: float) -> None:
         self._bar.advance(steps, **counters)
         self._state["done"] += steps
+        self._eta.update(self._state["done"])
         if time.perf_counter() - self._last >= _RECORD_INTERVAL_S:
             self.record()
 
@@ -106,7 +130,8 @@ class RecordedProgress:
         """Replace the file with the bar's state now (atomically: a reader never sees half of it)."""
         self._last = time.perf_counter()
         elapsed = self._last - self._started
-        self._state.update(elapsed_s=elapsed, updated=time.time(), rates=rates_text(self.counters, {}, self._started))
+        self._state.update(elapsed_s=elapsed, updated=time.time(), rates=rates_text(self.counters, {}, self._started),
+                           eta_s=self._eta.seconds(self._state["done"]))
         tmp = self._path.with_name(f".{self._path.name}.tmp-{os.getpid()}")
         try:
             tmp.write_text(json.dumps(self._state))
@@ -115,14 +140,15 @@ class RecordedProgress:
             pass
 
 
-def progress_line(description: str, done: float, total: float | None, rates: str, elapsed: float) -> str:
+def progress_line(description: str, done: float, total: float | None, rates: str, elapsed: float,
+                  eta: float | None = None) -> str:
     """``E-step iter 1: 254/300 (85%)  3.8 samples/s  elapsed 0:09:01  ETA 0:01:38``."""
     parts = [f"{description}: {done:,.0f}" + (f"/{total:,.0f} ({100 * done / total:.0f}%)" if total else "")]
     if rates:
         parts.append(rates)
     parts.append(f"elapsed {clock(elapsed)}")
-    if total and 0 < done < total:
-        parts.append(f"ETA {clock(elapsed * (total - done) / done)}")
+    if eta is not None:
+        parts.append(f"ETA {clock(eta)}")
     return "  ".join(parts)
 
 

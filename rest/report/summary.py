@@ -165,8 +165,8 @@ def running(run: RunDir) -> list[str]:
     except (OSError, ValueError):
         return lines
     age = time.time() - bar["updated"]
-    lines.append("  " + progress_line(bar["description"], bar["done"], bar["total"], bar["rates"], bar["elapsed_s"])
-                 + f"  ({age:.0f} s ago)")
+    line = progress_line(bar["description"], bar["done"], bar["total"], bar["rates"], bar["elapsed_s"], bar.get("eta_s"))
+    lines.append(f"  {line}  ({age:.0f} s ago)")
     return lines
 
 
