@@ -180,7 +180,7 @@ def main() -> None:
 
 def cpu_name() -> str:
     """The CPU model, and whether it multiplies bf16 in hardware (AMX), which decides the best M-step settings."""
-    from rest.engines.trainer import native_bf16
+    from rest.engines.hardware import native_bf16
 
     name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""

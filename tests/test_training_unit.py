@@ -214,7 +214,7 @@ def test_bf16_autocast_follows_the_recipe_and_the_hardware(monkeypatch, tmp_path
 def test_native_bf16_is_what_the_cpu_reports(monkeypatch):
     import torch
 
-    from rest.engines.trainer import native_bf16
+    from rest.engines.hardware import native_bf16
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
@@ -247,3 +247,23 @@ def test_the_m_step_trains_on_the_training_template_when_one_is_set():
     assert examples[0]["input_ids"] == [2, 3, 4, 3, 2, 9, 0] and examples[0]["completion_mask"] == [0] * 5 + [1, 1]
     with pytest.raises(ValueError, match="prompt.train_template must contain {question}"):
         PromptConfig(train_template="Q: A:")
+
+
+@pytest.mark.parametrize("cuda, bf16, amx, expected", [
+    (False, False, True, "bfloat16"),  # a CPU with AMX
+    (False, False, False, "float32"),  # other CPUs (AVX-512 bf16 alone is not enough)
+    (True, True, False, "bfloat16"),  # a CUDA GPU with bf16
+    (True, False, False, "float16"),  # an older CUDA GPU
+])
+def test_engine_dtype_auto_is_the_fastest_accurate_precision_here(monkeypatch, cuda, bf16, amx, expected):
+    import torch
+
+    from rest.engines.generation import engine_options
+    from rest.engines.hardware import resolve_dtype
+    from rest.recipe.schema import EngineConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": amx, "avx512_bf16": True})
+    assert resolve_dtype("auto") == expected and resolve_dtype("float32") == "float32"
+    assert engine_options(EngineConfig(), "m", seed=0)["dtype"] == expected

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterator, Sequence
 
+from rest.engines.hardware import resolve_dtype
 from rest.errors import RestError
 from rest.recipe.schema import EngineConfig, SamplingConfig
 
@@ -49,7 +50,7 @@ def engine_options(cfg: EngineConfig, model: str, seed: int) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM``; ``engine_kwargs`` are checked against vLLM's EngineArgs."""
     options: dict[str, Any] = {
         "model": model,
-        "dtype": cfg.dtype,
+        "dtype": resolve_dtype(cfg.dtype),
         "max_model_len": cfg.max_model_len,
         "enforce_eager": cfg.enforce_eager,
         "seed": seed,

@@ -7,22 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from rest.recipe.schema import TrainConfig
+from rest.engines.hardware import native_bf16
 from rest.run.faults import kill_point
 
 # Kill point reached right after the trainer saved a checkpoint (tests of resume use `train_checkpoint_saved#n`).
 CHECKPOINT_KILL_POINT = "train_checkpoint_saved"
-
-
-def native_bf16() -> bool:
-    """Does this machine multiply bf16 matrices in hardware (a CUDA GPU with bf16, or a CPU with AMX)?"""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.cpu.get_capabilities().get("amx_bf16"))
-    except AttributeError:  # torch builds without the capability query
-        return False
 
 
 def use_bf16_autocast(mode: str) -> bool:

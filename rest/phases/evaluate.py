@@ -7,6 +7,7 @@ import pandas as pd
 
 from rest.data.problems import load_splits
 from rest.engines.generation import generate, sampling_params, start_engine, stop_engine
+from rest.engines.hardware import resolve_dtype
 from rest.filters.registry import build_verifier
 from rest.metrics import PASS_AT_1, maj_at, majority_correct, mean_stderr, pass_at, pass_at_k, sampled_metric_names
 from rest.phases.sample import build_prompts, policy_after
@@ -31,7 +32,7 @@ def evaluate_iteration(recipe: Recipe, run: RunDir, iteration: int) -> EvalStats
                                                      max_tokens=max_tokens)))
     started = time.perf_counter()
     llm = start_engine(recipe.engine, policy, seed_for(recipe, iteration, "eval_engine"))
-    timings = {"engine_start_s": time.perf_counter() - started}
+    timings = {"engine_start_s": time.perf_counter() - started, "engine_dtype": resolve_dtype(recipe.engine.dtype)}
     tables = []
     try:
         for mode, params in requests:

@@ -23,6 +23,7 @@ from rest.data.grown import ORIGIN_RATIONALIZED, ORIGIN_REFLECTED, ORIGIN_SAMPLE
 from rest.data.problems import load_splits
 from rest.data.prompts import encode_prompt, render_prompt
 from rest.engines.generation import generate, sampling_params, start_engine, stop_engine
+from rest.engines.hardware import resolve_dtype
 from rest.engines.models import resolve_model
 from rest.errors import RestError
 from rest.filters.answers import parse_number
@@ -136,7 +137,7 @@ def repair_iteration(recipe: Recipe, run: RunDir, iteration: int) -> RepairStats
                 outputs = generate(llm, ids, params, bar=bar)
         finally:
             stop_engine(llm)
-        stats["generate_s"] = time.perf_counter() - started
+        stats.update(generate_s=time.perf_counter() - started, engine_dtype=resolve_dtype(recipe.engine.dtype))
         frame = repaired_rows(requests, shown, outputs, training, iteration, repairer, cfg, sampling.n)
         if repairer != policy:  # another model's token ids mean nothing to the policy: its own tokens of the text
             frame = in_tokens_of(_tokenizer(policy), frame)

@@ -11,6 +11,7 @@ import pandas as pd
 from rest.data.problems import load_splits
 from rest.data.prompts import encode_prompt, render_prompt
 from rest.engines.generation import Completion, generate_stream, sampling_params, start_engine, stop_engine
+from rest.engines.hardware import resolve_dtype
 from rest.engines.models import resolve_model
 from rest.errors import RestError
 from rest.phases.stats import SampleStats
@@ -75,6 +76,7 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> SampleStats
         started = time.perf_counter()
         llm = start_engine(recipe.engine, policy, seed)
         stats["engine_start_s"] = time.perf_counter() - started
+        stats["engine_dtype"] = resolve_dtype(recipe.engine.dtype)
         params = sampling_params(cfg, logprobs=cfg.logprobs)
         gen_started, new_tokens = time.perf_counter(), 0
         try:

@@ -27,7 +27,9 @@ class SampleStats(TypedDict, total=False):
     prompt_tokens: int
     generated_tokens: int
     truncation_rate: float
-    reused_from: int  # ReST's Improve steps: the iteration whose samples this one reuses
+    engine_dtype: str  # engine.dtype as resolved on this machine
+    grown_in: int  # ReST's Improve steps: the iteration whose samples this one reuses
+    improve_step: int
 
 
 class VerifyStats(TypedDict, total=False):
@@ -46,6 +48,7 @@ class VerifyStats(TypedDict, total=False):
 
 class RepairStats(TypedDict, total=False):
     method: str
+    engine_dtype: str
     eligible_prompts: int
     generate_s: float
     data_errors: dict[str, str]
@@ -152,6 +155,7 @@ class EvalStats(TypedDict, total=False):
     truncation_rate: float
     data_errors: dict[str, str]
     engine_start_s: float
+    engine_dtype: str
     greedy_generate_s: float
     sampled_generate_s: float
     generated_tokens: int

@@ -108,7 +108,9 @@ class EngineConfig(Strict):
     """vLLM engine settings shared by sampling and evaluation."""
 
     dtype: str = Field(
-        "auto", description="Weights/activation dtype in vLLM: auto (the model's), bfloat16, float32, ..."
+        "auto", description="Weights/activation dtype in vLLM: auto = bfloat16 where the hardware multiplies it "
+        "natively (CUDA GPUs with bf16, CPUs with AMX), float16 on other CUDA GPUs, float32 on other CPUs "
+        "(rest/engines/hardware.py); or bfloat16, float16, float32 as given."
     )
     max_model_len: int = Field(1024, ge=16, description="Context length the engine reserves per sequence.")
     enforce_eager: bool = Field(False, description="Skip torch.compile/graph capture: faster start, slower run.")

@@ -183,13 +183,19 @@ def _alive(pid: int) -> bool:
 def header(recipe: Any, run: RunDir) -> list[str]:
     """What a run is, printed when it starts: recipe, run directory, model, engine, where MLflow logs."""
     lines = [f"rest-em  recipe {recipe.name} ({recipe.hash()})  run directory {run.root}",
-             f"model {recipe.model}  engine dtype {recipe.engine.dtype}  M-step mixed precision "
+             f"model {recipe.model}  engine dtype {_dtype(recipe.engine.dtype)}  M-step mixed precision "
              f"{recipe.train.mixed_precision}"]
     ids = run.manifest().get("mlflow") or {}
     if ids.get("parent_run_id"):
         lines.append(f"MLflow {public_uri(ids.get('tracking_uri', ''))}  experiment "
                      f"{recipe.tracking.experiment or recipe.name}  parent run {ids['parent_run_id']}")
     return lines
+
+
+def _dtype(requested: str) -> str:
+    from rest.engines.hardware import resolve_dtype
+
+    return f"{resolve_dtype(requested)} (auto)" if requested == "auto" else requested
 
 
 def public_uri(uri: str) -> str:

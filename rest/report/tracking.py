@@ -199,6 +199,8 @@ class Tracker:
         """A finished phase's numbers, and the files its declaration names, into iteration ``k``'s nested run."""
         run_id = self.iteration_run(k)
         self.log_metrics(run_id, numeric_items(stats, phase))
+        if isinstance(stats.get("engine_dtype"), str):  # engine.dtype as resolved on this machine
+            self.client.set_tag(run_id, f"rest.{phase}.engine_dtype", stats["engine_dtype"])
         for step, values in history_metrics(phase, stats.get("history") or []):
             self.log_metrics(run_id, values, step=step)
         hook = declared(phase).logs
