@@ -22,10 +22,8 @@ import pandas as pd
 
 def sample(recipe_path: str, out: str, n: int) -> None:
     """Held-out samples of the recipe's base model, judged by its verifier."""
-    from vllm import SamplingParams
-
     from rest.data.problems import load_splits
-    from rest.engines.generation import generate, start_engine, stop_engine
+    from rest.engines.generation import generate, sampling_params, start_engine, stop_engine
     from rest.engines.models import resolve_model
     from rest.filters.registry import build_verifier
     from rest.phases.sample import build_prompts
@@ -37,9 +35,7 @@ def sample(recipe_path: str, out: str, n: int) -> None:
     problems = build_prompts(recipe, load_splits(recipe).eval, base)
     llm = start_engine(recipe.engine, base, recipe.seed + 1000)
     try:
-        params = SamplingParams(n=n, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                max_tokens=cfg.max_tokens)
-        outputs = generate(llm, list(problems["prompt_token_ids"]), params)
+        outputs = generate(llm, list(problems["prompt_token_ids"]), sampling_params(cfg, n=n))
     finally:
         stop_engine(llm)
     rows = [{**p, "sample_index": o.sample_index, "completion": o.text, "completion_token_ids": o.token_ids,

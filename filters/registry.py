@@ -6,8 +6,28 @@ import inspect
 from typing import Any, Callable
 
 from .arithmetic import TrueArithmetic
+from .code_verifier import CodeVerifier
 from .prm_filter import ImplicitPRMFilter
 from .selection import Dedup, DifficultyBand, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
+from .verifiers import (
+    ExactMatchVerifier,
+    GSM8KVerifier,
+    MathAnswerVerifier,
+    MultipleChoiceVerifier,
+    NumericVerifier,
+    RegexVerifier,
+)
+
+# Every built-in verifier and filter by the name recipes use; anything else is named by dotted path.
+BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
+    "math": MathAnswerVerifier,
+    "gsm8k": GSM8KVerifier,
+    "numeric": NumericVerifier,
+    "exact": ExactMatchVerifier,
+    "regex": RegexVerifier,
+    "choice": MultipleChoiceVerifier,
+    "code": CodeVerifier,
+}
 
 BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
     "keep_correct": KeepCorrect,
@@ -19,14 +39,6 @@ BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
     "implicit_prm": ImplicitPRMFilter,
     "true_arithmetic": TrueArithmetic,
 }
-
-
-def builtin_verifiers() -> dict[str, Callable[..., Any]]:
-    """Built-in verifier classes by name: the answer verifiers of ``verifiers.py`` and ``code``."""
-    from .code_verifier import CodeVerifier
-    from .verifiers import VERIFIERS
-
-    return {**VERIFIERS, "code": CodeVerifier}
 
 
 def resolve(name: str, builtins: dict[str, Callable[..., Any]], kind: str) -> Callable[..., Any]:
@@ -56,7 +68,7 @@ def build(name: str, options: dict[str, Any], builtins: dict[str, Callable[..., 
 
 def build_verifier(name: str, options: dict[str, Any]) -> Any:
     """The recipe's outcome verifier."""
-    return build(name, options, builtin_verifiers(), "verifier")
+    return build(name, options, BUILTIN_VERIFIERS, "verifier")
 
 
 def build_filter(name: str, options: dict[str, Any]) -> Any:

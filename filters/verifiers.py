@@ -380,16 +380,3 @@ class MultipleChoiceVerifier:
     def matches(self, gold: str, found: Extraction) -> bool:
         """Whether the letters are the same."""
         return found.answer == gold
-
-
-# ---------------------------------------------------------------- names
-
-VERIFIERS: dict[str, type] = {
-    "math": MathAnswerVerifier,
-    "gsm8k": GSM8KVerifier,
-    "numeric": NumericVerifier,
-    "exact": ExactMatchVerifier,
-    "regex": RegexVerifier,
-    "choice": MultipleChoiceVerifier,
-}
-

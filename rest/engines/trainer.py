@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rest.recipe.schema import TrainConfig
 from rest.engines.hardware import native_bf16
+from rest.recipe.schema import TrainConfig
 from rest.run.faults import kill_point
 
 # Kill point reached right after the trainer saved a checkpoint (tests of resume use `train_checkpoint_saved#n`).

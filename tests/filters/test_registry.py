@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from rest.filters.code_verifier import CodeVerifier
 from rest.filters.arithmetic import TrueArithmetic
+from rest.filters.code_verifier import CodeVerifier
 from rest.filters.prm_filter import ImplicitPRMFilter
 from rest.filters.registry import BUILTIN_FILTERS, build_filter, build_verifier, check_recipe_components, resolve
 from rest.filters.selection import Dedup, DifficultyBand, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
