@@ -15,6 +15,7 @@ from rest.engines.hardware import resolve_dtype
 from rest.engines.models import resolve_model
 from rest.errors import RestError
 from rest.phases.stats import SampleStats
+from rest.prm.score import reuses_sampler_logprobs
 from rest.recipe.schema import Recipe
 from rest.recipe.seeds import seed_for
 from rest.report.progress import phase_progress
@@ -77,7 +78,7 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> SampleStats
         llm = start_engine(recipe.engine, policy, seed)
         stats["engine_start_s"] = time.perf_counter() - started
         stats["engine_dtype"] = resolve_dtype(recipe.engine.dtype)
-        params = sampling_params(cfg, logprobs=cfg.logprobs)
+        params = sampling_params(cfg, logprobs=cfg.logprobs or reuses_sampler_logprobs(recipe, policy))
         gen_started, new_tokens = time.perf_counter(), 0
         try:
             with phase_progress(f"E-step iter {iteration}", total=sum(len(shards[i]) for i in todo)) as bar:

@@ -11,7 +11,6 @@ Steps: see :mod:`rest.prm.steps`.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -196,15 +195,25 @@ def _tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def model_dtype(recipe: Recipe, model: str) -> str:
-    """The dtype the vLLM engine of ``recipe`` runs ``model`` in (``auto`` = the model config's)."""
-    if recipe.engine.dtype != "auto":
-        return {"float": "float32", "half": "float16"}.get(recipe.engine.dtype, recipe.engine.dtype)
-    config = Path(model) / "config.json"
-    if not config.is_file():
-        return "unknown"
-    data = json.loads(config.read_text())
-    return str(data.get("dtype") or data.get("torch_dtype") or "float32")
+def sampler_dtype_of(recipe: Recipe, run: RunDir, iteration: int) -> str:
+    """The dtype iteration ``iteration``'s E-step engine ran in: as its stats record it, else as the recipe
+    resolves here (``float``/``half`` are vLLM's names for float32/float16)."""
+    from rest.engines.hardware import resolve_dtype
+
+    dtype = run.read_stats(iteration, "sample").get("engine_dtype") or resolve_dtype(recipe.engine.dtype)
+    return {"float": "float32", "half": "float16"}.get(dtype, dtype)
+
+
+def reuses_sampler_logprobs(recipe: Recipe, policy: str) -> bool:
+    """Whether a PRM scoring of samples that ``policy`` draws can take the E-step's logprobs as the
+    reference's (:func:`sampler_logprobs`): so the E-step records them without being asked."""
+    from rest.engines.hardware import resolve_dtype
+    from rest.prm.checkpoints import reference_model
+
+    cfg = recipe.prm
+    return (cfg is not None and cfg.reuse_sampler_logprobs and cfg.dtype == "float32"
+            and resolve_dtype(recipe.engine.dtype) in ("float32", "float")
+            and same_model(policy, reference_model(recipe)))
 
 
 def prm_score_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PRMScoreStats:
@@ -220,7 +229,7 @@ def prm_score_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PRMScore
     samples = judged_set(recipe, run, iteration)
     prm, reference = prm_after(recipe, run, iteration), reference_model(recipe)
     policies = samples["policy"].unique() if "policy" in samples.columns else []
-    sampler_dtype = model_dtype(recipe, str(policies[0])) if len(policies) == 1 else None
+    sampler_dtype = sampler_dtype_of(recipe, run, iteration) if len(policies) == 1 else None
     frame, stats = score_frame(samples, prm, reference, recipe.prm, f"PRM score iter {iteration}",
                                engine=recipe.engine, sampler_dtype=sampler_dtype)
     kill_point("prm_score.before_write")

@@ -143,3 +143,28 @@ def test_prm_score_phase_writes_scores_and_stats(tmp_path, tiny_lm, tiny_prm):
     assert stats["models_run"] == 2 and (scored["prm__sum"] != 0.0).all()
     assert run.read_stats(1, "prm_score")["completion_tokens"] == stats["completion_tokens"]
     assert scored["correct"].all() and len(scored) == len(samples)
+
+
+def test_the_e_step_records_logprobs_exactly_when_the_prm_can_reuse_them(tmp_path):
+    from rest.prm.score import reuses_sampler_logprobs, sampler_dtype_of
+
+    base, other = tmp_path / "base", tmp_path / "other"
+    for model in (base, other):
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+
+    def recipe(prm: dict | None = None, dtype: str = "float32"):
+        return validate_recipe({"name": "t", "model": str(base), "data": {"train_size": 4}, "engine": {"dtype": dtype},
+                                "tracking": {"enabled": False}, **({"prm": prm} if prm is not None else {})})
+
+    assert reuses_sampler_logprobs(recipe({}), str(base))  # the base model samples: it is the reference
+    assert not reuses_sampler_logprobs(recipe({}), str(other))  # a later policy is not the reference
+    assert not reuses_sampler_logprobs(recipe(), str(base))  # no PRM
+    assert not reuses_sampler_logprobs(recipe({"dtype": "bfloat16"}), str(base))
+    assert not reuses_sampler_logprobs(recipe({}, dtype="bfloat16"), str(base))
+    assert not reuses_sampler_logprobs(recipe({"reuse_sampler_logprobs": False}), str(base))
+
+    run = RunDir(tmp_path / "run")
+    assert sampler_dtype_of(recipe({}, dtype="float"), run, 1) == "float32"  # no stats: as the recipe resolves here
+    run.write_stats(1, "sample", {"engine_dtype": "bfloat16"})
+    assert sampler_dtype_of(recipe({}), run, 1) == "bfloat16"  # what the E-step recorded wins
