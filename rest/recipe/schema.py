@@ -276,7 +276,10 @@ class PrmConfig(Strict):
         1024, ge=16, description="Longest prompt + completion the PRM sees, in tokens: longer samples are neither "
         "trained on nor scored (NaN scores; implicit_prm drops them as unscored; counted as too_long).",
     )
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype of the PRM and reference weights.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Dtype of the PRM and reference weights (log-softmax in float32 either way). bfloat16 "
+        "ranks samples as float32 does but moves single rewards (experiments/README.md, prm_precision.py).",
+    )
     seed: int | None = Field(None, description="Seed of the PRM update; None = recipe seed + iteration.")
     step_delimiter: str = Field("\n\n", description="Text that ends a reasoning step (a regex if step_regex).")
     step_regex: bool = Field(False, description="Treat step_delimiter as a regular expression (e.g. 'Step \\d+:').")
