@@ -68,8 +68,24 @@ class PRMUpdateStats(TypedDict, total=False):
     unjudged: int
     empty_completion: int
     too_long: int
+    usable: int
     usable_correct: int
     usable_incorrect: int
+    samples_correct: int
+    samples_incorrect: int
+    prompts: int
+    prompts_all_correct: int
+    prompts_all_wrong: int
+    prompts_mixed: int
+    pairs: int  # loss dpo: (correct, incorrect) pairs of one prompt
+    prompts_without_pairs: int
+    # mean reward of the correct and the incorrect samples, and their difference, before and after the update
+    reward_correct_before: float
+    reward_incorrect_before: float
+    margin_before: float
+    reward_correct_after: float
+    reward_incorrect_after: float
+    margin_after: float
     steps: int
     history: list[dict[str, float]]
     first_loss: float
@@ -164,6 +180,9 @@ class EvalStats(TypedDict, total=False):
     prm_aggregate: str
     prm_scoring_wall_s: float | None
     prm_scoring_tokens_per_s: float | None
+    prm_eval_samples: int
+    prm_eval_correct: int
+    prm_eval_unscored: int
 
 
 def undeclared(declared: type, stats: dict[str, Any], eval_k: int = 1) -> set[str]:
