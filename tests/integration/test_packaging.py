@@ -40,7 +40,7 @@ def test_install_maps_filters_and_cli_under_rest(tmp_path, editable):
     assert probe.returncode == 0, probe.stderr[-3000:]
     found = json.loads(probe.stdout)
     assert not found["top_level_filters"] and not found["top_level_cli"]
-    assert found["verdict"] == {"score": 1.0, "reason": "correct", "answer": None}
+    assert found["verdict"] == {"score": 1.0, "reason": "correct", "answer": None, "detail": None}
     if editable:
         assert Path(found["filters_file"]) == REPO / "filters" / "__init__.py"
         assert Path(found["cli_file"]) == REPO / "cli" / "__init__.py"
