@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -11,6 +10,8 @@ from typing import IO, Any, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rest.run.rundir import atomic_write_json
 
 # Set by the parent when a phase runs in a child process whose output is relayed to a terminal.
 FORCE_TTY_ENV = "REST_EM_FORCE_TTY"
@@ -132,10 +133,8 @@ class RecordedProgress:
         elapsed = self._last - self._started
         self._state.update(elapsed_s=elapsed, updated=time.time(), rates=rates_text(self.counters, {}, self._started),
                            eta_s=self._eta.seconds(self._state["done"]))
-        tmp = self._path.with_name(f".{self._path.name}.tmp-{os.getpid()}")
         try:
-            tmp.write_text(json.dumps(self._state))
-            os.replace(tmp, self._path)
+            atomic_write_json(self._path, self._state)
         except OSError:  # the run directory went away or is read-only: progress is not worth failing for
             pass
 
