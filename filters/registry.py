@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from .arithmetic import TrueArithmetic
 from .code_verifier import CodeVerifier
+from .pav_filter import ProcessAdvantageFilter
 from .prm_filter import ImplicitPRMFilter
 from .selection import Dedup, DifficultyBand, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
 from .verifiers import (
@@ -38,6 +39,7 @@ BUILTIN_FILTERS: dict[str, Callable[..., Any]] = {
     "keep_where": KeepWhere,
     "implicit_prm": ImplicitPRMFilter,
     "true_arithmetic": TrueArithmetic,
+    "process_advantage": ProcessAdvantageFilter,
 }
 
 

@@ -17,6 +17,10 @@ def select_iteration(recipe: Recipe, run: RunDir, iteration: int) -> SelectStats
     """Filter iteration ``iteration``; every row stays in verdicts.parquet, kept rows go to kept.parquet."""
     # With a PRM the samples carry its scores too (prm_score's output), for the implicit_prm filter.
     verified = pd.read_parquet(run.scored(iteration)) if recipe.prm is not None else judged_set(recipe, run, iteration)
+    if recipe.pav is not None:  # and the pav phase's step values, for the process_advantage filter
+        from rest.pav.phase import with_values
+
+        verified = with_values(run, iteration, verified)
     filters = [(f.column, build_filter(f.name, f.options)) for f in recipe.filters]
     table, filter_stats = run_pipeline(verified, filters, seed=seed_for(recipe, iteration, "select"))
     atomic_write_parquet(table, run.verdicts(iteration))

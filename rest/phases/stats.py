@@ -59,6 +59,24 @@ class RepairStats(TypedDict, total=False):
     generated_tokens: int
 
 
+class PavStats(TypedDict, total=False):
+    prover: str  # "policy" (the current one) or the recipe's pav.prover
+    best_of: int
+    samples: int  # labelled samples
+    steps: int
+    prefixes: int  # distinct step prefixes rolled out
+    planned_rollouts: int
+    max_new_tokens: int  # the plan's bound: rollouts x max tokens
+    engine_dtype: str
+    generate_s: float
+    data_errors: dict[str, str]
+    rollouts: int
+    verified_rollouts: int
+    generated_tokens: int
+    mean_q0: float  # Q of the prompt alone, averaged over the labelled samples
+    mean_min_advantage: float
+
+
 class PRMUpdateStats(TypedDict, total=False):
     init: str
     reference: str

@@ -12,6 +12,7 @@ from typing import Any
 
 from rest.phases.stats import (
     EvalStats,
+    PavStats,
     PRMScoreStats,
     PRMUpdateStats,
     RepairStats,
@@ -63,6 +64,11 @@ PHASE_TABLE = (
           stats=RepairStats, section="repair",
           summary=(("verified", "{:,} verified"), ("attempts", "of {:,} repairs"),
                    ("eligible_prompts", "for {:,} prompts"))),
+    Phase("pav", "rest.pav.phase:pav_iteration", "pav",
+          "Monte Carlo step values (PAV): roll the prover out from every step prefix with vLLM.", isolated=True,
+          stats=PavStats, section="pav",
+          summary=(("samples", "{:,} samples"), ("prefixes", "{:,} prefixes"), ("rollouts", "{:,} rollouts"),
+                   ("verified_rollouts", "{:,} verified"))),
     Phase("prm_update", "rest.prm.update:prm_update_iteration", "prm-train",
           "Update the implicit PRM on one iteration's outcome labels.", isolated=True, stats=PRMUpdateStats,
           section="prm", column="prm", summary=(("steps", "{:,} steps"), ("last_loss", "loss {:.3f}"))),

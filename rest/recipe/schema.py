@@ -247,7 +247,21 @@ class TrainConfig(Strict):
         return self
 
 
-class PrmConfig(Strict):
+class StepsConfig(Strict):
+    """How a completion is cut into reasoning steps (rest/prm/steps.py); the implicit PRM and PAV share it."""
+
+    step_delimiter: str = Field("\n\n", description="Text that ends a reasoning step (a regex if step_regex).")
+    step_regex: bool = Field(False, description="Treat step_delimiter as a regular expression (e.g. 'Step \\d+:').")
+
+    @model_validator(mode="after")
+    def _step_delimiter_compiles(self) -> "StepsConfig":
+        from rest.prm.steps import StepSplitter
+
+        StepSplitter(self.step_delimiter, self.step_regex)  # raises ValueError naming the problem
+        return self
+
+
+class PrmConfig(StepsConfig):
     """Implicit process reward model (Yuan et al. 2024): token reward beta * (log pi_prm - log pi_ref).
 
     Trained from the outcome labels of each iteration (PRIME's online update), then used to score every
@@ -281,8 +295,6 @@ class PrmConfig(Strict):
         "ranks samples as float32 does but moves single rewards (experiments/README.md, prm_precision.py).",
     )
     seed: int | None = Field(None, description="Seed of the PRM update; None = recipe seed + iteration.")
-    step_delimiter: str = Field("\n\n", description="Text that ends a reasoning step (a regex if step_regex).")
-    step_regex: bool = Field(False, description="Treat step_delimiter as a regular expression (e.g. 'Step \\d+:').")
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="Scoring engine: transformers forward passes, or vLLM prompt_logprobs."
     )
@@ -297,11 +309,32 @@ class PrmConfig(Strict):
         "min", description="Held-out evaluation: the PRM score (prm__<aggregate>) for prm_auroc and best_of_n_prm."
     )
 
-    @model_validator(mode="after")
-    def _step_delimiter_compiles(self) -> "PrmConfig":
-        from rest.prm.steps import StepSplitter
 
-        StepSplitter(self.step_delimiter, self.step_regex)  # raises ValueError naming the problem
+class PavConfig(StepsConfig):
+    """Monte Carlo step values under a prover policy (PAV; Setlur et al. 2024, arXiv 2410.08146).
+
+    From every step prefix of the chosen samples the prover writes ``rollouts`` continuations; Q of the
+    prefix is the share that verifies (under a best-of-K prover: the chance that one of K does), and a
+    step's advantage is Q after it minus Q before it. The ``process_advantage`` filter selects with them.
+    """
+
+    prover: str | None = Field(None, description="The prover model; None = the current policy.")
+    best_of: int = Field(
+        1, ge=1, description="Prover = best-of-K of that model: Q = unbiased pass@K of the rollouts (K <= rollouts).")
+    rollouts: int = Field(4, ge=1, description="Continuations sampled from each step prefix.")
+    samples: Literal["correct", "all"] = Field(
+        "correct", description="Which judged samples get step values: the correct ones (all a filter needs), or all.")
+    max_per_prompt: int | None = Field(None, ge=1, description="At most this many samples per prompt (seeded pick).")
+    max_rollouts: int | None = Field(
+        None, ge=1, description="Refuse to start when the plan needs more rollouts than this (None: no limit).")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Maximum new tokens per rollout; None = sampling.max_tokens.")
+    temperature: float | None = Field(None, ge=0, description="Rollout temperature; None = sampling.temperature.")
+
+    @model_validator(mode="after")
+    def _best_of_within_rollouts(self) -> "PavConfig":
+        if self.best_of > self.rollouts:
+            raise ValueError(f"pav.best_of ({self.best_of}) cannot exceed pav.rollouts ({self.rollouts})")
         return self
 
 
@@ -430,6 +463,7 @@ class Recipe(Strict):
     filters: list[FilterConfig] = Field(default_factory=_default_filters, description="Selection pipeline, in order.")
     prm: PrmConfig | None = Field(None, description="Implicit PRM; None = no PRM phases.")
     repair: RepairConfig | None = Field(None, description="Repair of failed samples; None = no repair phase.")
+    pav: PavConfig | None = Field(None, description="Monte Carlo step values (PAV); None = no pav phase.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="M-step.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
     loop: LoopConfig = Field(default_factory=LoopConfig, description="Iterations.")
@@ -472,6 +506,12 @@ class Recipe(Strict):
             raise ValueError("the implicit_prm filter reads the PRM's scores: the recipe needs a prm section")
         return self
 
+    @model_validator(mode="after")
+    def _pav_filter_needs_pav(self) -> "Recipe":
+        if self.pav is None and any(f.name == "process_advantage" for f in self.filters):
+            raise ValueError("the process_advantage filter reads step values: the recipe needs a pav section")
+        return self
+
     def run_dir(self) -> Path:
         """The run directory this recipe writes to."""
         return Path(self.run.dir or f"runs/{self.name}")
@@ -492,7 +532,7 @@ class Recipe(Strict):
 
 
 # Optional sections introduced after the first run directories were written (see Recipe.hash).
-_LATER_SECTIONS = ("repair",)
+_LATER_SECTIONS = ("repair", "pav")
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

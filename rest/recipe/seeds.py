@@ -11,7 +11,7 @@ from typing import Any
 
 def iteration_seeds(recipe: Any, iteration: int) -> dict[str, int]:
     """The seeds of iteration ``iteration`` by use (``eval_engine``, ``sample_engine``, ``select``, ``train``,
-    ``prm_update`` where a PRM is configured); iteration 0 only evaluates."""
+    ``prm_update`` where a PRM is configured, ``pav`` with a pav section); iteration 0 only evaluates."""
     seeds = {"eval_engine": recipe.seed}
     if iteration < 1:
         return seeds
@@ -21,6 +21,8 @@ def iteration_seeds(recipe: Any, iteration: int) -> dict[str, int]:
     seeds["train"] = _given_or(recipe.train.seed, derived)
     if recipe.prm is not None:
         seeds["prm_update"] = _given_or(recipe.prm.seed, derived)
+    if recipe.pav is not None:
+        seeds["pav"] = derived  # the rollout engine and the pick of samples per prompt
     return seeds
 
 

@@ -114,6 +114,14 @@ class RunDir:
     def repaired(self, k: int) -> Path:
         return self.iteration(k) / "repair" / "repaired.parquet"
 
+    def pav_dir(self, k: int) -> Path:
+        """The pav phase's plan, rollouts and step values."""
+        return self.iteration(k) / "pav"
+
+    def pav_values(self, k: int) -> Path:
+        """One row of step values per labelled sample (rest/pav/values.py's columns)."""
+        return self.pav_dir(k) / "values.parquet"
+
     def model(self, k: int) -> Path:
         """The policy after iteration ``k``'s M-step (standalone model directory)."""
         return self.iteration(k) / "model"

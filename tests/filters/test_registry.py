@@ -7,6 +7,7 @@ import pytest
 
 from rest.filters.arithmetic import TrueArithmetic
 from rest.filters.code_verifier import CodeVerifier
+from rest.filters.pav_filter import ProcessAdvantageFilter
 from rest.filters.prm_filter import ImplicitPRMFilter
 from rest.filters.registry import BUILTIN_FILTERS, build_filter, build_verifier, check_recipe_components, resolve
 from rest.filters.selection import Dedup, DifficultyBand, DropTruncated, KeepCorrect, KeepWhere, PerPromptCap
@@ -23,6 +24,7 @@ def test_builtin_filter_names():
         "keep_where": KeepWhere,
         "implicit_prm": ImplicitPRMFilter,
         "true_arithmetic": TrueArithmetic,
+        "process_advantage": ProcessAdvantageFilter,
     }
     assert build_filter("difficulty_band", {"lo": 0.25, "hi": 0.75}) == DifficultyBand(0.25, 0.75)
     assert build_filter("keep_correct", {"threshold": [0.0, 0.7, 0.8, 0.9]}).threshold == (0.0, 0.7, 0.8, 0.9)
@@ -46,7 +48,7 @@ def test_an_unknown_name_lists_the_valid_ones():
         build_filter("keep_corect", {})
     assert str(err.value) == (
         "unknown filter 'keep_corect'; built-in filters: dedup, difficulty_band, drop_truncated, implicit_prm, "
-        "keep_correct, keep_where, per_prompt_cap, true_arithmetic (or give a dotted import path)")
+        "keep_correct, keep_where, per_prompt_cap, process_advantage, true_arithmetic (or give a dotted import path)")
     with pytest.raises(ValueError, match="unknown verifier 'gsm9k'; built-in verifiers: choice, code, exact"):
         build_verifier("gsm9k", {})
 

@@ -1,0 +1,1 @@
+"""Process advantage verifiers (PAV): Monte Carlo step values under a prover policy."""

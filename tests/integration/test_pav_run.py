@@ -1,0 +1,96 @@
+"""PAV step values end to end on the real stack: vLLM CPU, the built-in model, the verifier, selection.
+
+A dozen built-in prompts (tests/data/pav.yaml), two samples each, phase by phase through the CLI: sample,
+verify, pav, filter. Every step value must be the share of verified rollouts from its prefix, as the rollout file shows.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import undeclared_stats
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "tests" / "data" / "pav.yaml"
+
+
+def rest(work: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
+    cmd = [sys.executable, "-m", "rest.cli.app", args[0], str(RECIPE), *args[1:], "--run-dir", str(work / "run"),
+           "--iteration", "1"]
+    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pav_run(tmp_path_factory, builtin_model):
+    work = tmp_path_factory.mktemp("pav")
+    for phase in ("sample", "verify"):
+        done = rest(work, phase)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    pav = rest(work, "pav")
+    assert pav.returncode == 0, pav.stdout[-3000:] + pav.stderr[-5000:]
+    selected = rest(work, "filter")
+    assert selected.returncode == 0, selected.stdout[-3000:] + selected.stderr[-5000:]
+    return work / "run", pav
+
+
+def test_the_cost_is_stated_before_the_rollouts_run(pav_run, phase_stats):
+    run, pav = pav_run
+    stats = phase_stats(run, 1, "pav")
+    output = pav.stdout + pav.stderr
+    line = (f"pav iter 1: {stats['samples']} samples, {stats['steps']} steps -> {stats['prefixes']} distinct "
+            f"prefixes x 2 rollouts = {stats['planned_rollouts']} rollouts")
+    assert line in output
+    assert output.index(line) < output.index("pav iter 1 (rollouts)")  # before the progress of the rollouts
+    assert stats["planned_rollouts"] == 2 * stats["prefixes"] == stats["rollouts"]
+
+
+def test_step_values_are_the_shares_of_verified_rollouts(pav_run, phase_stats):
+    run, _ = pav_run
+    verified = pd.read_parquet(run / "iter_001" / "verified.parquet")
+    rollouts = pd.read_parquet(run / "iter_001" / "pav" / "rollouts.parquet")
+    values = pd.read_parquet(run / "iter_001" / "pav" / "values.parquet")
+    judged = verified[verified["correct"].notna() & verified["completion_token_ids"].map(len).gt(0)]
+    assert len(values) == len(judged) == phase_stats(run, 1, "pav")["samples"] > 0
+    assert (rollouts["completion"] == rollouts["prefix_text"] + rollouts["rollout"]).all()
+    assert rollouts["correct"].notna().all() and rollouts.groupby("prefix").size().eq(2).all()
+    share = rollouts["correct"].eq(True).groupby(rollouts["prefix"]).mean()
+    samples = verified.set_index(["prompt_id", "sample_index"])
+    for row in values.itertuples():
+        sample = samples.loc[(row.prompt_id, row.sample_index)]
+        q, advantage = list(row.pav__q), list(row.pav__advantage)
+        assert len(q) == row.pav__steps + 1 == len(advantage) + 1 and row.pav__steps >= 1
+        assert q[-1] == (1.0 if sample["correct"] else 0.0)
+        assert q[:-1] == [c / n for c, n in zip(row.pav__verified, row.pav__rollouts)]
+        assert advantage == pytest.approx([b - a for a, b in zip(q, q[1:])])
+        # Each prefix's value is its rollouts' share; p_0 is the prompt's, shared by its samples.
+        prefixes = rollouts[rollouts["prompt_id"] == row.prompt_id]
+        first = prefixes[prefixes["prefix_tokens"] == 0]["prefix"].unique()
+        assert len(first) == 1 and q[0] == share[first[0]]
+        for t in range(1, row.pav__steps):
+            text = prefixes[prefixes["prefix_text"].map(lambda p: sample["completion"].startswith(p))
+                            & prefixes["prefix_tokens"].gt(0)]
+            assert q[t] in set(share[text["prefix"].unique()])
+    stats = phase_stats(run, 1, "pav")
+    assert stats["verified_rollouts"] == int(rollouts["correct"].eq(True).sum())
+
+
+def test_selection_keeps_correct_samples_without_a_step_that_loses_ground(pav_run, phase_stats):
+    run, _ = pav_run
+    verdicts = pd.read_parquet(run / "iter_001" / "verdicts.parquet")
+    kept = pd.read_parquet(run / "iter_001" / "kept.parquet")
+    considered = verdicts[verdicts["keep_correct__keep"]]
+    assert (considered["process_advantage__score"] == considered["pav__min_advantage"]).all()
+    dropped = considered[~considered["process_advantage__keep"]]
+    assert (dropped["pav__min_advantage"] < 0).all()
+    assert (dropped["process_advantage__reason"] == "below_threshold").all()
+    assert len(kept) > 0 and (kept["pav__min_advantage"] >= 0).all() and kept["correct"].all()
+    assert phase_stats(run, 1, "select")["kept"] == len(kept)
+    assert undeclared_stats(run) == {}
