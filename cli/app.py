@@ -16,6 +16,7 @@ app = typer.Typer(
 RecipeArg = typer.Argument(..., help="Recipe YAML file.", show_default=False)
 OverridesArg = typer.Argument(None, help="Overrides such as sampling.n=8 train.learning_rate=2e-5.")
 RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: the recipe's run.dir).")
+AllowChangeOpt = typer.Option(False, help="Continue a run directory made by a different recipe (recorded in its manifest).")
 IterationOpt = typer.Option(..., "--iteration", "-i", help="Iteration to act on (1..N; eval also takes 0).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Also show vLLM's, torch's and TRL's output (always in "
                           "iter_K/logs/PHASE.log; same as REST_EM_VERBOSE=1).")
@@ -65,7 +66,7 @@ def run(
     recipe: Path = RecipeArg,
     overrides: Optional[List[str]] = OverridesArg,
     run_dir: Optional[Path] = RunDirOpt,
-    allow_recipe_change: bool = typer.Option(False, help="Continue a run directory made by a different recipe."),
+    allow_recipe_change: bool = AllowChangeOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Run the whole experiment (or continue it after the last finished phase)."""
@@ -83,13 +84,14 @@ def _phase_command(phase: str, doc: str) -> Callable[..., None]:
         overrides: Optional[List[str]] = OverridesArg,
         iteration: int = IterationOpt,
         run_dir: Optional[Path] = RunDirOpt,
+        allow_recipe_change: bool = AllowChangeOpt,
         verbose: bool = VerboseOpt,
     ) -> None:
         from rest.loop import run_single_phase
 
         _set_verbose(verbose)
         loaded = _load(recipe, overrides)
-        stats = _guarded(lambda: run_single_phase(loaded, phase, iteration, run_dir))
+        stats = _guarded(lambda: run_single_phase(loaded, phase, iteration, run_dir, allow_recipe_change))
         typer.echo(_one_line(phase, iteration, stats))
 
     command.__doc__ = doc

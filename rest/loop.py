@@ -99,12 +99,13 @@ def summary_rows(run: RunDir, iterations: int | None = None) -> list[dict[str, A
     return iteration_rows(run, iterations)
 
 
-def run_single_phase(recipe: Recipe, phase: str, k: int, run_dir: str | Path | None = None) -> dict:
+def run_single_phase(recipe: Recipe, phase: str, k: int, run_dir: str | Path | None = None,
+                     allow_recipe_change: bool = False) -> dict:
     """Run one phase of one iteration on its own (``rest sample|verify|filter|train|eval``), same code as the loop."""
     run = RunDir(run_dir or recipe.run_dir())
     run.root.mkdir(parents=True, exist_ok=True)
     with file_lock(run.root / "lock", blocking=False):
-        run.initialise(recipe)
+        run.initialise(recipe, allow_recipe_change)
         if run.is_done(k, phase):
             return {**run.read_stats(k, phase), "note": "already done"}
         tracker = _tracker(recipe, run)

@@ -109,3 +109,24 @@ def test_each_phase_shows_and_writes_only_keys_its_stats_type_declares():
     assert undeclared(SelectStats, {"kept": 3, "kept_by_origin": {}, "keep": 1}) == {"keep"}
     assert undeclared(EvalStats, {"pass@4": 0.5, "pass@4_stderr": 0.1, "maj@4": 0.4}, eval_k=4) == set()
     assert undeclared(EvalStats, {"pass@8": 0.5, "prm_auroc": 0.7}, eval_k=4) == {"pass@8"}
+
+
+def test_a_single_phase_command_continues_another_recipes_run_directory_only_when_allowed(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from rest.cli.app import app
+
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(yaml.safe_dump(recipe().model_dump(mode="json")))
+    second.write_text(yaml.safe_dump(recipe(seed=5).model_dump(mode="json")))
+    run = RunDir(tmp_path / "run")
+    run.initialise(recipe())
+    args = ["filter", str(second), "--iteration", "1", "--run-dir", str(run.root)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and "different recipe" in refused.output
+    assert "recipe_changes" not in run.manifest()
+    allowed = CliRunner().invoke(app, [*args, "--allow-recipe-change"])
+    assert "different recipe" not in allowed.output  # it got as far as the phase: its input is missing
+    assert "rest sample" in allowed.output or "rest verify" in allowed.output, allowed.output
+    assert run.manifest()["recipe_changes"][0]["to"] == recipe(seed=5).hash()

@@ -68,7 +68,9 @@ def pav_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PavStats:
     rollouts = pd.DataFrame()
     if plan.prefixes:  # nothing to label: no engine is started
         started = time.perf_counter()
-        outputs = roll_out(recipe, run, iteration, plan, chosen, prover, policy)
+        prompts = build_prompts(recipe, load_splits(recipe).train, prover).set_index("prompt_id")["prompt_token_ids"]
+        outputs = roll_out(recipe, plan, prompts, prover, policy, seed_for(recipe, iteration, "pav"),
+                           f"pav iter {iteration} (rollouts)")
         stats.update(generate_s=time.perf_counter() - started, engine_dtype=resolve_dtype(recipe.engine.dtype))
         rollouts, data_errors = judge_frame(build_verifier(recipe.verifier.name, recipe.verifier.options),
                                             rollout_rows(plan, chosen, outputs))
@@ -83,23 +85,23 @@ def pav_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PavStats:
     return stats
 
 
-def roll_out(recipe: Recipe, run: RunDir, iteration: int, plan: Plan, chosen: pd.DataFrame, prover: str,
-             policy: str) -> list:
-    """``pav.rollouts`` continuations of every prefix by the prover, in plan order."""
+def roll_out(recipe: Recipe, plan: Plan, prompts: pd.Series, prover: str, policy: str, seed: int,
+             description: str) -> list:
+    """``pav.rollouts`` continuations of every prefix by the prover, in plan order; ``prompts``: the prompt
+    token ids (in the prover's tokens) the policy samples with, by prompt id."""
     cfg = recipe.pav
-    prompts = build_prompts(recipe, load_splits(recipe).train, prover).set_index("prompt_id")["prompt_token_ids"]
     tokenizer = None if prover == policy else _tokenizer(prover)
     inputs = []
     for prefix in plan.prefixes:
         # The policy continues its own tokens; another prover reads the prefix's text in its own tokens.
         own = list(prefix.completion_ids) if tokenizer is None else (
             tokenizer(prefix.text, add_special_tokens=False)["input_ids"] if prefix.text else [])
-        inputs.append(list(prompts[prefix.prompt_id]) + own)
+        inputs.append([int(t) for t in prompts[prefix.prompt_id]] + own)  # plain ints (ids read from Parquet)
     params = sampling_params(recipe.sampling, n=cfg.rollouts, temperature=cfg.temperature,
                              max_tokens=plan.max_tokens)
-    llm = start_engine(with_prefix_caching(recipe.engine), prover, seed_for(recipe, iteration, "pav"))
+    llm = start_engine(with_prefix_caching(recipe.engine), prover, seed)
     try:
-        with phase_progress(f"pav iter {iteration} (rollouts)", total=len(inputs)) as bar:
+        with phase_progress(description, total=len(inputs)) as bar:
             return generate(llm, inputs, params, bar=bar)
     finally:
         stop_engine(llm)
