@@ -139,11 +139,9 @@ def sampler_logprobs(
     default raw logprobs, not temperature-scaled), the scorer runs in float32 (in bf16 the two differ by
     up to 0.3), and each sample has one logprob per completion token.
     """
-    if not cfg.reuse_sampler_logprobs or cfg.dtype != "float32" or sampler_dtype != "float32":
-        return None
     if "logprobs" not in samples.columns or "policy" not in samples.columns or samples.empty:
         return None
-    if not all(isinstance(p, str) and same_model(p, reference) for p in samples["policy"].unique()):
+    if not all(isinstance(p, str) and reusable(cfg, sampler_dtype, p, reference) for p in samples["policy"].unique()):
         return None
     out = []
     for lp, ids in zip(samples["logprobs"], samples["completion_token_ids"]):
@@ -195,13 +193,25 @@ def _tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
+def reusable(cfg: PrmConfig, sampler_dtype: str | None, policy: str, reference: str) -> bool:
+    """Whether ``policy``'s sampled logprobs are the reference's for this scorer: the recipe allows reuse,
+    scorer and sampler both run in float32, and the policy is the reference model."""
+    return (cfg.reuse_sampler_logprobs and cfg.dtype == "float32" and canonical_dtype(sampler_dtype) == "float32"
+            and same_model(policy, reference))
+
+
+def canonical_dtype(dtype: str | None) -> str | None:
+    """``float``/``half`` (vLLM's names) as float32/float16."""
+    return {"float": "float32", "half": "float16"}.get(dtype, dtype) if dtype else dtype
+
+
 def sampler_dtype_of(recipe: Recipe, run: RunDir, iteration: int) -> str:
     """The dtype iteration ``iteration``'s E-step engine ran in: as its stats record it, else as the recipe
-    resolves here (``float``/``half`` are vLLM's names for float32/float16)."""
+    resolves here."""
     from rest.engines.hardware import resolve_dtype
 
-    dtype = run.read_stats(iteration, "sample").get("engine_dtype") or resolve_dtype(recipe.engine.dtype)
-    return {"float": "float32", "half": "float16"}.get(dtype, dtype)
+    recorded = run.read_stats(iteration, "sample").get("engine_dtype")
+    return canonical_dtype(recorded or resolve_dtype(recipe.engine.dtype))
 
 
 def reuses_sampler_logprobs(recipe: Recipe, policy: str) -> bool:
@@ -210,10 +220,8 @@ def reuses_sampler_logprobs(recipe: Recipe, policy: str) -> bool:
     from rest.engines.hardware import resolve_dtype
     from rest.prm.checkpoints import reference_model
 
-    cfg = recipe.prm
-    return (cfg is not None and cfg.reuse_sampler_logprobs and cfg.dtype == "float32"
-            and resolve_dtype(recipe.engine.dtype) in ("float32", "float")
-            and same_model(policy, reference_model(recipe)))
+    return recipe.prm is not None and reusable(recipe.prm, resolve_dtype(recipe.engine.dtype), policy,
+                                                reference_model(recipe))
 
 
 def prm_score_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PRMScoreStats:
