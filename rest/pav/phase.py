@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from rest.data.grown import judged_set
@@ -22,6 +23,13 @@ from rest.engines.hardware import resolve_dtype
 from rest.engines.models import resolve_model
 from rest.errors import RestError
 from rest.filters.registry import build_verifier
+from rest.pav.head import (
+    ValueHead,
+    fit_head,
+    hidden_features,
+    load_feature_model,
+    prefix_positions,
+)
 from rest.pav.plan import Plan, labelled_samples, make_plan
 from rest.pav.values import (
     ADVANTAGE_COLUMN,
@@ -39,7 +47,12 @@ from rest.prm.steps import StepSplitter
 from rest.recipe.schema import EngineConfig, Recipe
 from rest.recipe.seeds import seed_for
 from rest.report.progress import console, phase_progress
-from rest.run.rundir import RunDir, atomic_write_json, atomic_write_parquet
+from rest.run.rundir import (
+    RunDir,
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_parquet,
+)
 
 KEYS = ["prompt_id", "sample_index"]  # a judged row's key within its iteration (repairs and originals included)
 
@@ -68,7 +81,7 @@ def pav_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PavStats:
     rollouts = pd.DataFrame()
     if plan.prefixes:  # nothing to label: no engine is started
         started = time.perf_counter()
-        prompts = build_prompts(recipe, load_splits(recipe).train, prover).set_index("prompt_id")["prompt_token_ids"]
+        prompts = sampling_prompts(recipe, prover)
         outputs = roll_out(recipe, plan, prompts, prover, policy, seed_for(recipe, iteration, "pav"),
                            f"pav iter {iteration} (rollouts)")
         stats.update(generate_s=time.perf_counter() - started, engine_dtype=resolve_dtype(recipe.engine.dtype))
@@ -79,6 +92,11 @@ def pav_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PavStats:
                      generated_tokens=int(rollouts["rollout_tokens"].sum()))
     values = label(plan, chosen, rollouts, cfg.best_of)
     atomic_write_parquet(rollouts, run.pav_dir(iteration) / "rollouts.parquet")
+    if cfg.head and len(values):
+        head, head_stats = train_head(recipe, plan, chosen, values, sampling_prompts(recipe, policy), iteration)
+        with atomic_directory(run.pav_dir(iteration) / "head") as staging:
+            head.save(staging)
+        stats.update(head_stats)
     atomic_write_parquet(values, run.pav_values(iteration))
     stats.update(value_stats(values))
     run.write_stats(iteration, "pav", stats)
@@ -105,6 +123,34 @@ def roll_out(recipe: Recipe, plan: Plan, prompts: pd.Series, prover: str, policy
             return generate(llm, inputs, params, bar=bar)
     finally:
         stop_engine(llm)
+
+
+def sampling_prompts(recipe: Recipe, model: str) -> pd.Series:
+    """The prompt token ids the policy samples the training problems with, in ``model``'s tokens, by prompt id."""
+    return build_prompts(recipe, load_splits(recipe).train, model).set_index("prompt_id")["prompt_token_ids"]
+
+
+def train_head(recipe: Recipe, plan: Plan, chosen: pd.DataFrame, values: pd.DataFrame, prompts: pd.Series,
+               iteration: int) -> tuple[ValueHead, dict[str, Any]]:
+    """Fit the PAV head (rest/pav/head.py) to the Q of every prefix p_0 .. p_T of the labelled samples."""
+    features_model = resolve_model(recipe.model)
+    targets = values.set_index(KEYS)[Q_COLUMN]
+    sequences, positions, labels = [], [], []
+    for row, prefixes in plan.sample_prefixes.items():
+        sample = chosen.loc[row]
+        prompt = [int(t) for t in prompts[sample["prompt_id"]]]
+        completion = [int(t) for t in sample["completion_token_ids"]]
+        ends = [len(plan.prefixes[p].completion_ids) for p in prefixes[1:]] + [len(completion)]
+        sequences.append(prompt + completion)
+        positions.append(prefix_positions(len(prompt), ends))
+        labels.extend(targets.loc[(sample["prompt_id"], int(sample["sample_index"]))])
+    started = time.perf_counter()
+    model = load_feature_model(features_model)
+    with phase_progress(f"pav iter {iteration} (head features)", total=len(sequences)) as bar:
+        features = hidden_features(model, sequences, positions, bar)
+    del model
+    head, loss = fit_head(np.concatenate(features), np.asarray(labels), features_model, recipe.pav.head_l2)
+    return head, {"head_prefixes": len(labels), "head_loss": loss, "head_s": time.perf_counter() - started}
 
 
 def with_prefix_caching(engine: EngineConfig) -> EngineConfig:

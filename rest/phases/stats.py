@@ -75,6 +75,9 @@ class PavStats(TypedDict, total=False):
     generated_tokens: int
     mean_q0: float  # Q of the prompt alone, averaged over the labelled samples
     mean_min_advantage: float
+    head_prefixes: int  # pav.head: the prefixes (p_0 .. p_T of every labelled sample) it was fitted to
+    head_loss: float  # its final soft-target BCE (+ L2)
+    head_s: float  # features and fit
 
 
 class PRMUpdateStats(TypedDict, total=False):

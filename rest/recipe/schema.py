@@ -330,6 +330,10 @@ class PavConfig(StepsConfig):
     max_tokens: int | None = Field(
         None, ge=1, description="Maximum new tokens per rollout; None = sampling.max_tokens.")
     temperature: float | None = Field(None, ge=0, description="Rollout temperature; None = sampling.temperature.")
+    head: bool = Field(
+        False, description="Also train a PAV each iteration (pav/head/): a logistic value head on the base model's "
+        "last hidden state, fitted to every labelled prefix's Q; it predicts step values without rollouts.")
+    head_l2: float = Field(1e-2, ge=0, description="L2 penalty on the head's weights (features are standardised).")
 
     @model_validator(mode="after")
     def _best_of_within_rollouts(self) -> "PavConfig":

@@ -94,3 +94,32 @@ def test_selection_keeps_correct_samples_without_a_step_that_loses_ground(pav_ru
     assert len(kept) > 0 and (kept["pav__min_advantage"] >= 0).all() and kept["correct"].all()
     assert phase_stats(run, 1, "select")["kept"] == len(kept)
     assert undeclared_stats(run) == {}
+
+
+def test_a_pav_head_is_fitted_to_every_prefix_and_predicts_values(pav_run, phase_stats, builtin_model):
+    from transformers import AutoTokenizer
+
+    from rest.pav.head import ValueHead, hidden_features, load_feature_model, prefix_positions
+
+    run, _ = pav_run
+    stats = phase_stats(run, 1, "pav")
+    values = pd.read_parquet(run / "iter_001" / "pav" / "values.parquet")
+    assert stats["head_prefixes"] == int((values["pav__steps"] + 1).sum())
+    assert 0 < stats["head_loss"] < 0.7  # below a constant guess of 0.5 for every prefix (log 2)
+    head = ValueHead.load(run / "iter_001" / "pav" / "head")
+    assert head.features_model == builtin_model and head.weight.shape == (576,)
+    # Its prediction for a labelled answer's prefixes: one value in (0, 1) per prefix.
+    verified = pd.read_parquet(run / "iter_001" / "verified.parquet").set_index(["prompt_id", "sample_index"])
+    row = values.iloc[0]
+    sample = verified.loc[(row.prompt_id, row.sample_index)]
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model)
+    assert tokenizer.decode(list(sample["completion_token_ids"]))  # the answer the head is asked about
+    ids = [*sample["prompt_token_ids"], *sample["completion_token_ids"]]
+    ends = [len(sample["completion_token_ids"])] if row.pav__steps == 1 else None
+    if ends is None:  # the first line's tokens end where the completion's first newline token is
+        first = next(i for i, t in enumerate(sample["completion_token_ids"]) if "\n" in tokenizer.decode([t]))
+        ends = [first + 1, len(sample["completion_token_ids"])]
+    (features,) = hidden_features(load_feature_model(builtin_model), [ids],
+                                  [prefix_positions(len(sample["prompt_token_ids"]), ends)])
+    predicted = head.predict(features)
+    assert predicted.shape == (row.pav__steps + 1,) and ((predicted > 0) & (predicted < 1)).all()
