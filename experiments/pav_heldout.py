@@ -15,7 +15,12 @@ scores that do not read the answer's own verdict:
 
 These are oracle values: the rollouts are verified against the gold answer, which a verifier at test
 time does not have; a trained PAV predicts them. Also best-of-k by ``q_before_last`` per problem against a
-random pick and majority vote, and the cost (rollouts, tokens, seconds). Last line: one JSON object.
+random pick and majority vote, and the cost (rollouts, tokens, seconds).
+
+With ``--head DIR`` (a PAV head the pav phase trained, ``RUN/iter_K/pav/head``), the same answers are also
+scored by the head alone, no rollouts and no gold: AUROC of its predicted worst advantage, of its predicted
+Q before the last step and of its predicted Q of the whole answer, and best-of-k by the last. ``--rollouts
+0`` skips the Monte Carlo part. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -46,23 +51,14 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--rollouts", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head", type=Path, help="a trained PAV head directory (RUN/iter_K/pav/head)")
     args = parser.parse_args()
 
-    from rest.filters.registry import build_verifier
     from transformers import AutoTokenizer
 
     from rest.engines.models import resolve_model
-    from rest.metrics import majority_correct, mean_stderr
-    from rest.pav.phase import label, roll_out, rollout_rows
     from rest.pav.plan import labelled_samples, make_plan
     from rest.phases.sample import policy_after
-    from rest.phases.verify import judge_frame
-    from rest.prm.quality import (
-        auroc,
-        best_of_n_prm,
-        best_of_n_random,
-        hanley_mcneil_stderr,
-    )
     from rest.prm.steps import StepSplitter
     from rest.recipe.schema import PavConfig, load_recipe
     from rest.run.rundir import RunDir
@@ -70,7 +66,7 @@ def main() -> None:
     run = RunDir(args.run_dir)
     recipe = load_recipe(run.recipe_path)
     delimiter = recipe.prm.step_delimiter if recipe.prm else "\n"
-    cfg = PavConfig(samples="all", rollouts=args.rollouts, step_delimiter=delimiter)
+    cfg = PavConfig(samples="all", rollouts=max(args.rollouts, 1), step_delimiter=delimiter)
     recipe = recipe.model_copy(update={"pav": cfg})
     policy = policy_after(recipe, run, args.iteration) if args.iteration else resolve_model(recipe.model)
     samples = pd.read_parquet(run.eval_dir(args.iteration) / "samples.parquet")
@@ -80,6 +76,82 @@ def main() -> None:
     chosen = labelled_samples(samples, cfg, args.seed)
     plan = make_plan(chosen, AutoTokenizer.from_pretrained(policy), StepSplitter.from_config(cfg), cfg.rollouts,
                      recipe.sampling.max_tokens)
+    result = {"run": args.run_dir.name, "iteration": args.iteration, "problems": int(chosen["prompt_id"].nunique()),
+              "samples": len(chosen), "correct": int(chosen["correct"].eq(True).sum())}
+    if args.head:
+        result.update(head_scores(args.head, plan, chosen))
+    if args.rollouts:
+        result.update(monte_carlo(args, recipe, plan, chosen, samples, policy))
+    for key, value in result.items():
+        print(f"{key:>40}  {value}")
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}))
+
+
+def separation(result: dict, name: str, scores, correct) -> None:
+    """AUROC of ``scores`` against ``correct`` with its Hanley-McNeil standard error, into ``result``."""
+    from rest.prm.quality import auroc, hanley_mcneil_stderr
+
+    auc = auroc(list(scores), list(correct))
+    positives = int(sum(correct))
+    result[f"auroc_{name}"] = round(auc, 4)
+    result[f"auroc_{name}_stderr"] = round(hanley_mcneil_stderr(auc, positives, len(correct) - positives), 4)
+
+
+def picks(result: dict, frame: pd.DataFrame, score: str, name: str) -> None:
+    """Best-of-k by ``score`` per problem, against a random pick and majority vote (mean, stderr)."""
+    from rest.metrics import majority_correct, mean_stderr
+    from rest.prm.quality import best_of_n_prm, best_of_n_random
+
+    chosen = {name: [], "best_of_n_random": [], "majority": []}
+    for _, group in frame.groupby("prompt_id"):
+        ok = group["correct"].eq(True).tolist()
+        chosen[name].append(best_of_n_prm(group[score].tolist(), ok))
+        chosen["best_of_n_random"].append(best_of_n_random(ok))
+        chosen["majority"].append(float(majority_correct(group["answer"].tolist(), ok)))
+    for key, values in chosen.items():
+        mean, stderr = mean_stderr(values)
+        result[key], result[f"{key}_stderr"] = round(mean, 4), round(stderr, 4)
+
+
+def head_scores(directory: Path, plan, chosen: pd.DataFrame) -> dict:
+    """The trained head's predicted values of every answer's prefixes, and how well they separate."""
+    from rest.pav.head import (
+        ValueHead,
+        hidden_features,
+        load_feature_model,
+        predicted_values,
+        prefix_positions,
+    )
+
+    head = ValueHead.load(directory)
+    rows = list(plan.sample_prefixes)
+    sequences, positions = [], []
+    for row in rows:
+        sample = chosen.loc[row]
+        prompt, completion = list(sample["prompt_token_ids"]), list(sample["completion_token_ids"])
+        ends = [len(plan.prefixes[p].completion_ids) for p in plan.sample_prefixes[row][1:]] + [len(completion)]
+        sequences.append([int(t) for t in prompt + completion])
+        positions.append(prefix_positions(len(prompt), ends))
+    started = time.perf_counter()
+    values = predicted_values(head, hidden_features(load_feature_model(head.features_model), sequences, positions))
+    frame = chosen.loc[rows].assign(
+        head_min_advantage=[min(a) for _, a in values], head_q_before_last=[q[-2] for q, _ in values],
+        head_q_final=[q[-1] for q, _ in values])
+    result = {"head": str(directory), "head_s": round(time.perf_counter() - started, 1)}
+    correct = frame["correct"].eq(True).tolist()
+    for name in ("head_min_advantage", "head_q_before_last", "head_q_final"):
+        separation(result, name, frame[name], correct)
+    picks(result, frame, "head_q_final", "best_of_n_head_q_final")
+    return result
+
+
+def monte_carlo(args, recipe, plan, chosen: pd.DataFrame, samples: pd.DataFrame, policy: str) -> dict:
+    """Roll the policy out from every prefix; the oracle values' separation and cost."""
+    from rest.filters.registry import build_verifier
+
+    from rest.pav.phase import label, roll_out, rollout_rows
+    from rest.phases.verify import judge_frame
+
     print(plan.describe(args.iteration), flush=True)
     prompts = samples.drop_duplicates("prompt_id").set_index("prompt_id")["prompt_token_ids"]
     started = time.perf_counter()
@@ -89,27 +161,14 @@ def main() -> None:
                               rollout_rows(plan, chosen, outputs))
     valued = scores(label(plan, chosen, rollouts, best_of=1)).merge(
         chosen[["prompt_id", "sample_index", "correct", "answer"]], on=["prompt_id", "sample_index"])
-    correct = valued["correct"].eq(True)
-    result = {"run": args.run_dir.name, "iteration": args.iteration, "problems": int(valued["prompt_id"].nunique()),
-              "samples": len(valued), "correct": int(correct.sum()), "rollouts": len(rollouts),
-              "prefixes": len(plan.prefixes), "rollout_tokens": int(rollouts["rollout_tokens"].sum()),
-              "rollout_s": round(rollout_s, 1), "steps_per_sample": float(valued["pav__steps"].mean())}
+    correct = valued["correct"].eq(True).tolist()
+    result = {"rollouts": len(rollouts), "prefixes": len(plan.prefixes),
+              "rollout_tokens": int(rollouts["rollout_tokens"].sum()), "rollout_s": round(rollout_s, 1),
+              "steps_per_sample": float(valued["pav__steps"].mean())}
     for name in ("q_before_last", "min_advantage_before_last", "q0"):
-        auc = auroc(valued[name].tolist(), correct.tolist())
-        result[f"auroc_{name}"] = round(auc, 4)
-        result[f"auroc_{name}_stderr"] = round(hanley_mcneil_stderr(auc, int(correct.sum()), int((~correct).sum())), 4)
-    picks = {"best_of_n_q_before_last": [], "best_of_n_random": [], "majority": []}
-    for _, group in valued.groupby("prompt_id"):
-        ok = group["correct"].tolist()
-        picks["best_of_n_q_before_last"].append(best_of_n_prm(group["q_before_last"].tolist(), ok))
-        picks["best_of_n_random"].append(best_of_n_random(ok))
-        picks["majority"].append(float(majority_correct(group["answer"].tolist(), ok)))
-    for name, values in picks.items():
-        mean, stderr = mean_stderr(values)
-        result[name], result[f"{name}_stderr"] = round(mean, 4), round(stderr, 4)
-    for key, value in result.items():
-        print(f"{key:>40}  {value}")
-    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}))
+        separation(result, name, valued[name], correct)
+    picks(result, valued, "q_before_last", "best_of_n_q_before_last")
+    return result
 
 
 if __name__ == "__main__":
