@@ -79,3 +79,27 @@ def test_every_seed_derives_from_the_recipe_in_one_place():
     assert iteration_seeds(recipe, 2) == {"eval_engine": 7, "sample_engine": 9, "select": 9, "train": 100,
                                           "prm_update": 9}
     assert seed_for(recipe.model_copy(update={"prm": None}), 1, "sample_engine") == 8
+
+
+def test_runs_the_store_does_not_have_are_replaced_not_a_crash(tmp_path):
+    """A run directory copied, or resumed from another working directory (the default store is a relative
+    sqlite file), names runs its store never had."""
+    from mlflow.tracking import MlflowClient
+
+    from rest.recipe.schema import validate_recipe
+    from rest.report.tracking import Tracker
+    from rest.run.rundir import RunDir
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = validate_recipe({"name": "moved", "data": {"train_size": 4}, "tracking": {"tracking_uri": uri}})
+    run = RunDir(tmp_path / "run")
+    run.initialise(recipe)
+    first = Tracker(recipe, run).parent_id
+    assert Tracker(recipe, run).parent_id == first  # in its store: the same run continues
+    manifest = run.manifest()
+    manifest["mlflow"].update(parent_run_id="0" * 32, iterations={"1": "1" * 32})  # runs of another store
+    run.write_manifest(manifest)
+    moved = Tracker(recipe, run)
+    assert moved.parent_id not in (first, "0" * 32)
+    assert run.manifest()["mlflow"] == {"parent_run_id": moved.parent_id, "tracking_uri": uri, "iterations": {}}
+    assert MlflowClient(uri).get_run(moved.parent_id).info.run_name == "moved"

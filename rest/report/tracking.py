@@ -137,7 +137,7 @@ class Tracker:
             "rest.seed": str(self.recipe.seed),
             "rest.recipe_changes": str(len(manifest.get("recipe_changes", []))),
         }
-        if ids.get("parent_run_id") and ids.get("tracking_uri") == self.uri:
+        if ids.get("parent_run_id") and ids.get("tracking_uri") == self.uri and not self._missing(ids["parent_run_id"]):
             run_id = ids["parent_run_id"]
             self.client.update_run(run_id, status="RUNNING")
             # A resumed run may be on a newer commit or (with --allow-recipe-change) a changed recipe.
@@ -150,6 +150,24 @@ class Tracker:
             self._log_params(run_id, flatten(self.recipe.model_dump(mode="json"), lists=True))
         self.client.log_artifact(run_id, str(self.run.recipe_path))
         return run_id
+
+    def _missing(self, run_id: str) -> bool:
+        """Whether the store lacks a run the manifest names (a copied run directory, or a relative store
+        URI such as the default sqlite file read from another working directory): new runs replace it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return False
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        from rest.report.progress import console
+        from rest.report.summary import public_uri
+
+        console().print(f"MLflow: run {run_id} of this run directory is not in the store at {public_uri(self.uri)}; "
+                        "logging to new runs", markup=False, highlight=False, soft_wrap=True)
+        return True
 
     def iteration_run(self, k: int) -> str:
         """The nested run of iteration ``k`` (created on first use)."""
