@@ -121,3 +121,6 @@ def test_sampling_params_follow_the_recipe_and_its_overrides():
     assert (repair.n, repair.temperature, repair.max_tokens, repair.logprobs) == (4, 0.7, 48, None)
     greedy = sampling_params(cfg.model_copy(update={"top_k": 40}), n=1, temperature=0.0, max_tokens=96)
     assert (greedy.n, greedy.temperature, greedy.max_tokens, greedy.top_p) == (1, 0.0, 96, 1.0)
+    assert not sampled.include_stop_str_in_output
+    stepwise = sampling_params(cfg, n=2, stop=["\n"])  # one reasoning step at a time, its delimiter kept
+    assert (stepwise.stop, stepwise.include_stop_str_in_output) == (["\n", "\nQ:"], True)

@@ -35,14 +35,16 @@ class Completion:
 
 
 def sampling_params(cfg: SamplingConfig, n: int | None = None, temperature: float | None = None,
-                    max_tokens: int | None = None, logprobs: bool = False) -> Any:
-    """vLLM's ``SamplingParams`` for the recipe's sampling section; repair and evaluation override some fields."""
+                    max_tokens: int | None = None, logprobs: bool = False, stop: list[str] | None = None) -> Any:
+    """vLLM's ``SamplingParams`` for the recipe's sampling section; repair and evaluation override some fields.
+    ``stop`` adds stop strings that stay in the output (step-by-step generation stops at a step's end)."""
     from vllm import SamplingParams
 
     return SamplingParams(
         n=cfg.n if n is None else n, temperature=cfg.temperature if temperature is None else temperature,
         top_k=cfg.top_k if cfg.top_k > 0 else -1, top_p=cfg.top_p, max_tokens=max_tokens or cfg.max_tokens,
-        stop=cfg.stop or None, logprobs=0 if logprobs else None,
+        stop=[*(stop or []), *cfg.stop] or None, include_stop_str_in_output=bool(stop),
+        logprobs=0 if logprobs else None,
     )
 
 
