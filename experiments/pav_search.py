@@ -52,7 +52,7 @@ def main() -> None:
     from rest.metrics import mean_stderr
     from rest.pav.head import ValueHead, hidden_features, load_feature_model
     from rest.pav.phase import with_prefix_caching
-    from rest.pav.search import Candidate, beam_search, best_of_n
+    from rest.pav.search import Candidate, beam_search, best_of_n, within_budget
     from rest.phases.sample import build_prompts, policy_after
     from rest.recipe.schema import load_recipe
     from rest.run.rundir import RunDir
@@ -95,12 +95,7 @@ def main() -> None:
     # The head scores only the samples best-of-N may take (those within each problem's budget).
     taken = []
     for prompt, candidates, budget in zip(prompts, samples, budgets):
-        used, within = 0, []
-        for candidate in candidates:
-            if within and used + len(candidate.ids) > budget:
-                break
-            within.append(candidate)
-            used += len(candidate.ids)
+        within = within_budget(candidates, budget)
         for candidate, q in zip(within, value([(prompt, c.ids) for c in within])):
             candidate.q = q
         taken.append(len(within))

@@ -76,16 +76,21 @@ def beam_search(prompts: Sequence[list[int]], expand: Expand, value: Value, fini
     return results
 
 
+def within_budget(candidates: Sequence[Candidate], budget: int) -> list[Candidate]:
+    """The first candidates whose tokens together fit ``budget`` (the first one always)."""
+    used, pool = 0, []
+    for candidate in candidates:
+        if pool and used + len(candidate.ids) > budget:
+            break
+        pool.append(candidate)
+        used += len(candidate.ids)
+    return pool
+
+
 def best_of_n(samples: Sequence[Sequence[Candidate]], budgets: Sequence[int]) -> list[tuple[Candidate | None, int]]:
-    """Per problem: the highest-Q candidate among the first samples whose tokens fit ``budgets[i]`` (at least
-    one), and the tokens those samples used."""
+    """Per problem: the highest-Q candidate among :func:`within_budget` of ``budgets[i]``, and their tokens."""
     picks = []
     for candidates, budget in zip(samples, budgets):
-        used, pool = 0, []
-        for candidate in candidates:
-            if pool and used + len(candidate.ids) > budget:
-                break
-            pool.append(candidate)
-            used += len(candidate.ids)
-        picks.append((max(pool, key=lambda c: c.q, default=None), used))
+        pool = within_budget(candidates, budget)
+        picks.append((max(pool, key=lambda c: c.q, default=None), sum(len(c.ids) for c in pool)))
     return picks
