@@ -53,6 +53,11 @@ def evaluate_iteration(recipe: Recipe, run: RunDir, iteration: int) -> EvalStats
 
         judged, prm_metrics = score_heldout(recipe, run, iteration, judged)
         results.update(prm_metrics)
+    if cfg.samples and recipe.pav is not None and recipe.pav.head:  # the PAV head scores them too
+        from rest.pav.heldout import score_heldout as score_with_head
+
+        judged, pav_metrics = score_with_head(recipe, run, iteration, judged)
+        results.update(pav_metrics)
     results.update(timings, policy=policy, data_errors=data_errors,
                    generated_tokens=int(judged["completion_token_ids"].map(len).sum()))
     out = run.eval_dir(iteration)

@@ -204,12 +204,16 @@ class EvalStats(TypedDict, total=False):
     prm_eval_samples: int
     prm_eval_correct: int
     prm_eval_unscored: int
+    pav_head: str  # the PAV head that scored the held-out answers (pav.head with eval samples)
+    pav_eval_samples: int
+    pav_eval_correct: int
+    pav_scoring_s: float
 
 
 def undeclared(declared: type, stats: dict[str, Any], eval_k: int = 1) -> set[str]:
     """Keys of ``stats`` that its phase's stats type ``declared`` lacks; for eval, ``eval_k``'s metrics count."""
     names = set(declared.__annotations__)
     if declared is EvalStats:
-        metrics = evaluated_metrics(samples=1, k=eval_k, prm=True)
+        metrics = evaluated_metrics(samples=1, k=eval_k, prm=True, pav=True)
         names |= {*metrics, *(f"{m}_stderr" for m in metrics)}
     return set(stats) - names

@@ -478,7 +478,8 @@ class Recipe(Strict):
     def _metric_is_evaluated(self) -> "Recipe":
         from rest.metrics import evaluated_metrics
 
-        known = set(evaluated_metrics(self.eval.samples, self.eval.k, self.prm is not None))
+        known = set(evaluated_metrics(self.eval.samples, self.eval.k, self.prm is not None,
+                                      self.pav is not None and self.pav.head))
         if self.loop.metric not in known:
             raise ValueError(f"loop.metric '{self.loop.metric}' is not evaluated by this recipe; "
                              f"choose one of: {', '.join(sorted(known))}")

@@ -1,7 +1,8 @@
 """PAV step values end to end on the real stack: vLLM CPU, the built-in model, the verifier, selection.
 
 A dozen built-in prompts (tests/data/pav.yaml), two samples each, phase by phase through the CLI: sample,
-verify, pav, filter. Every step value must be the share of verified rollouts from its prefix, as the rollout file shows.
+verify, pav (with a PAV head), filter, train, eval (the head scores the held-out answers). Every step value
+must be the share of verified rollouts from its prefix, as the rollout file shows.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def pav_run(tmp_path_factory, builtin_model):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     pav = rest(work, "pav")
     assert pav.returncode == 0, pav.stdout[-3000:] + pav.stderr[-5000:]
-    selected = rest(work, "filter")
-    assert selected.returncode == 0, selected.stdout[-3000:] + selected.stderr[-5000:]
+    for phase in ("filter", "train", "eval"):
+        done = rest(work, phase)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return work / "run", pav
 
 
@@ -123,3 +125,21 @@ def test_a_pav_head_is_fitted_to_every_prefix_and_predicts_values(pav_run, phase
                                   [prefix_positions(len(sample["prompt_token_ids"]), ends)])
     predicted = head.predict(features)
     assert predicted.shape == (row.pav__steps + 1,) and ((predicted > 0) & (predicted < 1)).all()
+
+
+def test_evaluation_scores_the_held_out_answers_with_the_head(pav_run, phase_stats):
+    run, _ = pav_run
+    results = phase_stats(run, 1, "eval")
+    samples = pd.read_parquet(run / "iter_001" / "eval" / "samples.parquet")
+    sampled = samples[(samples["mode"] == "sampled") & samples["correct"].notna()
+                      & samples["completion_token_ids"].map(len).gt(0)]
+    assert results["pav_head"].endswith("iter_001/pav/head") and results["pav_eval_samples"] == len(sampled) > 0
+    assert sampled["pav__predicted_q"].map(len).ge(2).all()  # p_0 and at least the whole answer
+    assert samples.loc[samples["mode"] == "greedy", "pav__predicted_q"].isna().all()
+    assert (sampled["pav__predicted_min_advantage"]
+            == sampled["pav__predicted_q"].map(lambda q: min(b - a for a, b in zip(q, q[1:])))).all()
+    assert 0.0 <= results["best_of_n_pav"] <= 1.0 and results["pav_eval_correct"] == int(sampled["correct"].sum())
+    if 0 < results["pav_eval_correct"] < len(sampled):
+        assert 0.0 <= results["pav_auroc"] <= 1.0
+    else:
+        assert results["pav_auroc"] is None
