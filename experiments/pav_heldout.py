@@ -133,7 +133,9 @@ def head_scores(directory: Path, plan, chosen: pd.DataFrame) -> dict:
         sequences.append([int(t) for t in prompt + completion])
         positions.append(prefix_positions(len(prompt), ends))
     started = time.perf_counter()
-    values = predicted_values(head, hidden_features(load_feature_model(head.features_model), sequences, positions))
+    model = load_feature_model(head.features_model)
+    prompt_lens = [len(chosen.loc[row, "prompt_token_ids"]) for row in rows]
+    values = predicted_values(head, hidden_features(model, sequences, positions, prompt_lens))
     frame = chosen.loc[rows].assign(
         head_min_advantage=[min(a) for _, a in values], head_q_before_last=[q[-2] for q, _ in values],
         head_q_final=[q[-1] for q, _ in values])

@@ -70,7 +70,7 @@ def main() -> None:
 
     def value(pairs):
         sequences = [list(p) + list(c) for p, c in pairs]
-        rows = hidden_features(features_model, sequences, [[len(s) - 1] for s in sequences])
+        rows = hidden_features(features_model, sequences, [[len(s) - 1] for s in sequences], [len(p) for p, _ in pairs])
         return [float(head.predict(r)[0]) for r in rows]
 
     llm = start_engine(with_prefix_caching(recipe.engine), policy, args.seed)

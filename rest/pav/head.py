@@ -9,6 +9,7 @@ predicted advantages, without rollouts and without the gold answer.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,19 +25,35 @@ def prefix_positions(prompt_len: int, step_ends: Sequence[int]) -> list[int]:
 
 
 def hidden_features(model: Any, sequences: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
-                    bar: Any = None) -> list[np.ndarray]:
-    """The last hidden state at ``positions`` of each token sequence (one forward pass each), float32
-    arrays of shape [len(positions), hidden]."""
+                    prompt_lens: Sequence[int] | None = None, bar: Any = None) -> list[np.ndarray]:
+    """The last hidden state at ``positions`` of each token sequence, float32 arrays [len(positions), hidden].
+
+    With ``prompt_lens`` (the length of each sequence's prompt), sequences with the same prompt share one
+    forward pass of it: the rest of each runs on a copy of its key-value cache (a few-shot prompt is most
+    of the tokens of a short answer). Without, each sequence is one forward pass.
+    """
     import torch
 
-    out = []
+    out: list[np.ndarray | None] = [None] * len(sequences)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, ids in enumerate(sequences):
+        cut = len(ids) if prompt_lens is None else prompt_lens[i]
+        groups.setdefault((i,) if prompt_lens is None else tuple(int(t) for t in ids[:cut]), []).append(i)
     with torch.inference_mode():
-        for ids, where in zip(sequences, positions):
-            states = model(input_ids=torch.tensor([list(ids)]), output_hidden_states=True).hidden_states[-1][0]
-            out.append(states[list(where)].float().numpy())
-            if bar is not None:
-                bar.advance(1, tokens=len(ids))
-    return out
+        for key, members in groups.items():
+            prompt = list(sequences[members[0]]) if prompt_lens is None else list(key)
+            first = model(input_ids=torch.tensor([prompt]), use_cache=prompt_lens is not None)
+            for i in members:
+                states = first.last_hidden_state[0]
+                rest = list(sequences[i])[len(prompt):]
+                if rest:
+                    again = model(input_ids=torch.tensor([rest]), past_key_values=copy.deepcopy(first.past_key_values),
+                                  use_cache=True)
+                    states = torch.cat([states, again.last_hidden_state[0]])
+                out[i] = states[list(positions[i])].float().numpy()
+                if bar is not None:
+                    bar.advance(1, tokens=len(rest) or len(prompt))
+    return out  # type: ignore[return-value]
 
 
 def load_feature_model(path: str) -> Any:

@@ -45,12 +45,14 @@ def score_heldout(recipe: Recipe, run: RunDir, iteration: int, judged: pd.DataFr
     splitter = StepSplitter.from_config(recipe.pav)
     rows = judged[(judged["mode"] == "sampled") & judged["correct"].notna()
                   & judged["completion_token_ids"].map(len).gt(0)]
-    sequences, positions = [], []
+    sequences, positions, prompt_lens = [], [], []
     for prompt, completion in zip(rows["prompt_token_ids"], rows["completion_token_ids"]):
         prompt, completion = [int(t) for t in prompt], [int(t) for t in completion]
         sequences.append(prompt + completion)
         positions.append(prefix_positions(len(prompt), step_ends(tokenizer, completion, splitter)))
-    values = predicted_values(head, hidden_features(load_feature_model(head.features_model), sequences, positions))
+        prompt_lens.append(len(prompt))
+    model = load_feature_model(head.features_model)
+    values = predicted_values(head, hidden_features(model, sequences, positions, prompt_lens))
     scored = rows.assign(**{PREDICTED_Q: [q for q, _ in values], PREDICTED_MIN_ADVANTAGE: [min(a) for _, a in values]})
     merged = judged.copy()
     for column in (PREDICTED_Q, PREDICTED_MIN_ADVANTAGE):  # None on greedy rows

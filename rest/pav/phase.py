@@ -135,7 +135,7 @@ def train_head(recipe: Recipe, plan: Plan, chosen: pd.DataFrame, values: pd.Data
     """Fit the PAV head (rest/pav/head.py) to the Q of every prefix p_0 .. p_T of the labelled samples."""
     features_model = resolve_model(recipe.model)
     targets = values.set_index(KEYS)[Q_COLUMN]
-    sequences, positions, labels = [], [], []
+    sequences, positions, prompt_lens, labels = [], [], [], []
     for row, prefixes in plan.sample_prefixes.items():
         sample = chosen.loc[row]
         prompt = [int(t) for t in prompts[sample["prompt_id"]]]
@@ -143,11 +143,12 @@ def train_head(recipe: Recipe, plan: Plan, chosen: pd.DataFrame, values: pd.Data
         ends = [len(plan.prefixes[p].completion_ids) for p in prefixes[1:]] + [len(completion)]
         sequences.append(prompt + completion)
         positions.append(prefix_positions(len(prompt), ends))
+        prompt_lens.append(len(prompt))
         labels.extend(targets.loc[(sample["prompt_id"], int(sample["sample_index"]))])
     started = time.perf_counter()
     model = load_feature_model(features_model)
     with phase_progress(f"pav iter {iteration} (head features)", total=len(sequences)) as bar:
-        features = hidden_features(model, sequences, positions, bar)
+        features = hidden_features(model, sequences, positions, prompt_lens, bar)
     del model
     head, loss = fit_head(np.concatenate(features), np.asarray(labels), features_model, recipe.pav.head_l2)
     return head, {"head_prefixes": len(labels), "head_loss": loss, "head_s": time.perf_counter() - started}

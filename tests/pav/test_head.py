@@ -25,6 +25,17 @@ def test_features_are_the_last_hidden_state_at_those_positions(tmp_path):
     np.testing.assert_allclose(features, direct[[1, 4, 6]].numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_shared_prompt_runs_once_and_gives_the_same_features(tmp_path):
+    model = load_feature_model(str(make_tiny_lm(tmp_path / "lm")))
+    prompt = [0, 5, 9, 12]
+    sequences = [prompt + [7, 3, 30], prompt + [8], prompt, [0, 6] + [7, 3]]
+    positions = [[3, 5, 6], [3, 4], [3], [1, 3]]
+    plain = hidden_features(model, sequences, positions)
+    shared = hidden_features(model, sequences, positions, prompt_lens=[4, 4, 4, 2])
+    for a, b in zip(plain, shared):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_the_fitted_head_ranks_prefixes_as_their_values_do_and_survives_saving(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 6)) * [1, 3, 1, 1, 1, 1] + [0, 10, 0, 0, 0, 0]
