@@ -151,13 +151,27 @@ def monte_carlo(args, recipe, plan, chosen: pd.DataFrame, samples: pd.DataFrame,
     """Roll the policy out from every prefix; the oracle values' separation and cost."""
     from rest.filters.registry import build_verifier
 
-    from rest.pav.phase import label, roll_out, rollout_rows
+    from rest.engines.generation import (
+        generate,
+        sampling_params,
+        start_engine,
+        stop_engine,
+    )
+    from rest.pav.phase import label, rollout_inputs, rollout_rows, with_prefix_caching
     from rest.phases.verify import judge_frame
+    from rest.report.progress import phase_progress
 
     print(plan.describe(args.iteration), flush=True)
     prompts = samples.drop_duplicates("prompt_id").set_index("prompt_id")["prompt_token_ids"]
+    inputs = rollout_inputs(plan, prompts, policy, policy)
     started = time.perf_counter()
-    outputs = roll_out(recipe, plan, prompts, policy, policy, args.seed, "rollouts")
+    llm = start_engine(with_prefix_caching(recipe.engine), policy, args.seed)
+    try:
+        with phase_progress("rollouts", total=len(inputs)) as bar:
+            outputs = generate(llm, inputs, sampling_params(recipe.sampling, n=args.rollouts,
+                                                            max_tokens=plan.max_tokens), bar=bar)
+    finally:
+        stop_engine(llm)
     rollout_s = time.perf_counter() - started
     rollouts, _ = judge_frame(build_verifier(recipe.verifier.name, recipe.verifier.options),
                               rollout_rows(plan, chosen, outputs))

@@ -13,7 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from rest.metrics import mean_stderr
-from rest.pav.head import ValueHead, hidden_features, load_feature_model, predicted_values, prefix_positions
+from rest.pav.head import (
+    ValueHead,
+    hidden_features,
+    load_feature_model,
+    predicted_values,
+    prefix_positions,
+)
 from rest.prm.quality import auroc, best_of_n_prm, hanley_mcneil_stderr
 from rest.prm.steps import StepSplitter, step_ends
 from rest.recipe.schema import Recipe

@@ -10,6 +10,8 @@ verified when the prefix's text plus the rollout passes the recipe's verifier. W
 """
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from typing import Any
 
@@ -47,6 +49,7 @@ from rest.prm.steps import StepSplitter
 from rest.recipe.schema import EngineConfig, Recipe
 from rest.recipe.seeds import seed_for
 from rest.report.progress import console, phase_progress
+from rest.run.faults import kill_point
 from rest.run.rundir import (
     RunDir,
     atomic_directory,
@@ -55,6 +58,7 @@ from rest.run.rundir import (
 )
 
 KEYS = ["prompt_id", "sample_index"]  # a judged row's key within its iteration (repairs and originals included)
+PREFIXES_PER_SHARD = 200  # prefixes whose rollouts are generated, verified and written together
 
 
 class PavError(RestError, ValueError):
@@ -73,22 +77,15 @@ def pav_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PavStats:
     stats: dict[str, Any] = {"prover": "policy" if cfg.prover is None else cfg.prover, "best_of": cfg.best_of,
                              "samples": plan.samples, "steps": plan.steps, "prefixes": len(plan.prefixes),
                              "planned_rollouts": plan.planned_rollouts, "max_new_tokens": plan.max_new_tokens}
-    atomic_write_json(run.pav_dir(iteration) / "plan.json", stats)
+    start_plan(run, iteration, {**stats, "digest": plan.digest(prover, cfg)})
     console().print(plan.describe(iteration), markup=False, highlight=False, soft_wrap=True)
     if cfg.max_rollouts is not None and plan.planned_rollouts > cfg.max_rollouts:
         raise PavError(f"{plan.describe(iteration)}: more than pav.max_rollouts ({cfg.max_rollouts}); raise it, "
                        "or label fewer samples (pav.samples, pav.max_per_prompt) or roll out less (pav.rollouts)")
     rollouts = pd.DataFrame()
     if plan.prefixes:  # nothing to label: no engine is started
-        started = time.perf_counter()
-        prompts = sampling_prompts(recipe, prover)
-        outputs = roll_out(recipe, plan, prompts, prover, policy, seed_for(recipe, iteration, "pav"),
-                           f"pav iter {iteration} (rollouts)")
-        stats.update(generate_s=time.perf_counter() - started, engine_dtype=resolve_dtype(recipe.engine.dtype))
-        rollouts, data_errors = judge_frame(build_verifier(recipe.verifier.name, recipe.verifier.options),
-                                            rollout_rows(plan, chosen, outputs))
-        stats.update(data_errors=data_errors, rollouts=len(rollouts),
-                     verified_rollouts=int(rollouts["correct"].eq(True).sum()),
+        rollouts, shard_stats = rolled_out(recipe, run, iteration, plan, chosen, prover, policy)
+        stats.update(shard_stats, rollouts=len(rollouts), verified_rollouts=int(rollouts["correct"].eq(True).sum()),
                      generated_tokens=int(rollouts["rollout_tokens"].sum()))
     values = label(plan, chosen, rollouts, cfg.best_of)
     atomic_write_parquet(rollouts, run.pav_dir(iteration) / "rollouts.parquet")
@@ -103,11 +100,48 @@ def pav_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PavStats:
     return stats
 
 
-def roll_out(recipe: Recipe, plan: Plan, prompts: pd.Series, prover: str, policy: str, seed: int,
-             description: str) -> list:
-    """``pav.rollouts`` continuations of every prefix by the prover, in plan order; ``prompts``: the prompt
-    token ids (in the prover's tokens) the policy samples with, by prompt id."""
-    cfg = recipe.pav
+def start_plan(run: RunDir, iteration: int, plan: dict[str, Any]) -> None:
+    """Record the plan; rollout shards of a different plan (other samples, settings or prover) are removed."""
+    path = run.pav_dir(iteration) / "plan.json"
+    earlier = json.loads(path.read_text()).get("digest") if path.is_file() else None
+    if earlier != plan["digest"]:
+        shutil.rmtree(run.pav_dir(iteration) / "rollouts", ignore_errors=True)
+    atomic_write_json(path, plan)
+
+
+def rolled_out(recipe: Recipe, run: RunDir, iteration: int, plan: Plan, chosen: pd.DataFrame, prover: str,
+               policy: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Every prefix's verified rollouts, a shard of ``PREFIXES_PER_SHARD`` prefixes at a time; the shards a
+    killed run finished are kept, so a rerun rolls out only the rest."""
+    shards = [range(start, min(start + PREFIXES_PER_SHARD, len(plan.prefixes)))
+              for start in range(0, len(plan.prefixes), PREFIXES_PER_SHARD)]
+    paths = [run.pav_dir(iteration) / "rollouts" / f"shard-{i:05d}.parquet" for i in range(len(shards))]
+    todo = [i for i, path in enumerate(paths) if not path.is_file()]
+    stats: dict[str, Any] = {"shards": len(shards), "shards_resumed": len(shards) - len(todo), "data_errors": {}}
+    if todo:
+        started = time.perf_counter()
+        verifier = build_verifier(recipe.verifier.name, recipe.verifier.options)
+        inputs = rollout_inputs(plan, sampling_prompts(recipe, prover), prover, policy)
+        params = sampling_params(recipe.sampling, n=recipe.pav.rollouts, temperature=recipe.pav.temperature,
+                                 max_tokens=plan.max_tokens)
+        llm = start_engine(with_prefix_caching(recipe.engine), prover, seed_for(recipe, iteration, "pav"))
+        try:
+            with phase_progress(f"pav iter {iteration} (rollouts)", total=sum(len(shards[i]) for i in todo)) as bar:
+                for i in todo:
+                    outputs = generate(llm, [inputs[p] for p in shards[i]], params, bar=bar)
+                    judged, errors = judge_frame(verifier, rollout_rows(plan, chosen, outputs, shards[i].start))
+                    atomic_write_parquet(judged, paths[i])
+                    stats["data_errors"].update(errors)
+                    kill_point("pav:after_shard")
+        finally:
+            stop_engine(llm)
+        stats.update(generate_s=time.perf_counter() - started, engine_dtype=resolve_dtype(recipe.engine.dtype))
+    return pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True), stats
+
+
+def rollout_inputs(plan: Plan, prompts: pd.Series, prover: str, policy: str) -> list[list[int]]:
+    """The prover's input for every prefix, in plan order; ``prompts``: the prompt token ids (in the prover's
+    tokens) the policy samples with, by prompt id."""
     tokenizer = None if prover == policy else _tokenizer(prover)
     inputs = []
     for prefix in plan.prefixes:
@@ -115,14 +149,7 @@ def roll_out(recipe: Recipe, plan: Plan, prompts: pd.Series, prover: str, policy
         own = list(prefix.completion_ids) if tokenizer is None else (
             tokenizer(prefix.text, add_special_tokens=False)["input_ids"] if prefix.text else [])
         inputs.append([int(t) for t in prompts[prefix.prompt_id]] + own)  # plain ints (ids read from Parquet)
-    params = sampling_params(recipe.sampling, n=cfg.rollouts, temperature=cfg.temperature,
-                             max_tokens=plan.max_tokens)
-    llm = start_engine(with_prefix_caching(recipe.engine), prover, seed)
-    try:
-        with phase_progress(description, total=len(inputs)) as bar:
-            return generate(llm, inputs, params, bar=bar)
-    finally:
-        stop_engine(llm)
+    return inputs
 
 
 def sampling_prompts(recipe: Recipe, model: str) -> pd.Series:
@@ -161,10 +188,11 @@ def with_prefix_caching(engine: EngineConfig) -> EngineConfig:
     return engine.model_copy(update={"engine_kwargs": {**engine.engine_kwargs, "enable_prefix_caching": True}})
 
 
-def rollout_rows(plan: Plan, chosen: pd.DataFrame, outputs: list) -> pd.DataFrame:
-    """One row per rollout: its prefix, and as ``completion`` the prefix text + rollout (what is verified)."""
+def rollout_rows(plan: Plan, chosen: pd.DataFrame, outputs: list, first: int = 0) -> pd.DataFrame:
+    """One row per rollout of the prefixes from position ``first`` on: its prefix, and as ``completion`` the
+    prefix text + rollout (what is verified)."""
     rows = []
-    for position, (prefix, outs) in enumerate(zip(plan.prefixes, outputs)):
+    for position, (prefix, outs) in enumerate(zip(plan.prefixes[first:], outputs), start=first):
         source = chosen.loc[prefix.source]
         for out in outs:
             rows.append({"prefix": position, "prompt_id": prefix.prompt_id, "question": source["question"],

@@ -7,6 +7,8 @@ shared, so the plan counts distinct prefixes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,12 @@ class Plan:
     @property
     def max_new_tokens(self) -> int:
         return self.planned_rollouts * self.max_tokens
+
+    def digest(self, prover: str, cfg: PavConfig) -> str:
+        """A hash of what the rollouts depend on: the prefixes in order, the prover and the pav settings."""
+        keys = [[p.prompt_id, list(p.completion_ids)] for p in self.prefixes]
+        text = json.dumps([keys, prover, cfg.model_dump(mode="json"), self.max_tokens], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self, iteration: int) -> str:
         """The cost, in words, before anything runs."""

@@ -67,9 +67,11 @@ class PavStats(TypedDict, total=False):
     prefixes: int  # distinct step prefixes rolled out
     planned_rollouts: int
     max_new_tokens: int  # the plan's bound: rollouts x max tokens
+    shards: int  # rollout shards of the plan (rest.pav.phase.PREFIXES_PER_SHARD prefixes each)
+    shards_resumed: int  # finished by an earlier, interrupted run
     engine_dtype: str
     generate_s: float
-    data_errors: dict[str, str]
+    data_errors: dict[str, str]  # of the shards this run verified
     rollouts: int
     verified_rollouts: int
     generated_tokens: int
