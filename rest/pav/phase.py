@@ -4,8 +4,9 @@ Runs after verification (and repair), in its own process because it holds a vLLM
 stated before the engine starts (:meth:`Plan.describe`, on the terminal and in ``pav/plan.json``) and a
 recipe can cap it (``pav.max_rollouts``). Rollouts share their prefix's prefill: each prefix is one
 request with ``n = pav.rollouts``, and the engine runs with prefix caching on. A rollout counts as
-verified when the prefix's text plus the rollout passes the recipe's verifier. Writes every rollout
-(``pav/rollouts.parquet``, for auditing) and one row of step values per labelled sample
+verified when the prefix's text plus the rollout passes the recipe's verifier. Rollouts are written a
+shard of prefixes at a time (``pav/rollouts/``: a killed phase resumes with the shards it finished), then
+all together (``pav/rollouts.parquet``, for auditing), with one row of step values per labelled sample
 (``pav/values.parquet``, the columns of rest/pav/values.py), which the selection joins.
 """
 from __future__ import annotations
