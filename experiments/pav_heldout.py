@@ -120,21 +120,14 @@ def head_scores(directory: Path, plan, chosen: pd.DataFrame) -> dict:
         hidden_features,
         load_feature_model,
         predicted_values,
-        prefix_positions,
     )
 
     head = ValueHead.load(directory)
     rows = list(plan.sample_prefixes)
-    sequences, positions = [], []
-    for row in rows:
-        sample = chosen.loc[row]
-        prompt, completion = list(sample["prompt_token_ids"]), list(sample["completion_token_ids"])
-        ends = [len(plan.prefixes[p].completion_ids) for p in plan.sample_prefixes[row][1:]] + [len(completion)]
-        sequences.append([int(t) for t in prompt + completion])
-        positions.append(prefix_positions(len(prompt), ends))
+    prompts = chosen.drop_duplicates("prompt_id").set_index("prompt_id")["prompt_token_ids"]
+    sequences, positions, prompt_lens = plan.sequences(chosen, prompts)
     started = time.perf_counter()
     model = load_feature_model(head.features_model)
-    prompt_lens = [len(chosen.loc[row, "prompt_token_ids"]) for row in rows]
     values = predicted_values(head, hidden_features(model, sequences, positions, prompt_lens))
     frame = chosen.loc[rows].assign(
         head_min_advantage=[min(a) for _, a in values], head_q_before_last=[q[-2] for q, _ in values],

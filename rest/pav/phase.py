@@ -31,7 +31,6 @@ from rest.pav.head import (
     fit_head,
     hidden_features,
     load_feature_model,
-    prefix_positions,
 )
 from rest.pav.plan import Plan, labelled_samples, make_plan
 from rest.pav.values import (
@@ -40,6 +39,7 @@ from rest.pav.values import (
     Q_COLUMN,
     ROLLOUTS_COLUMN,
     STEPS_COLUMN,
+    VALUE_COLUMNS,
     VERIFIED_COLUMN,
     step_values,
 )
@@ -84,14 +84,16 @@ def pav_iteration(recipe: Recipe, run: RunDir, iteration: int) -> PavStats:
         raise PavError(f"{plan.describe(iteration)}: more than pav.max_rollouts ({cfg.max_rollouts}); raise it, "
                        "or label fewer samples (pav.samples, pav.max_per_prompt) or roll out less (pav.rollouts)")
     rollouts = pd.DataFrame()
+    prompts = sampling_prompts(recipe, policy) if plan.prefixes else None
     if plan.prefixes:  # nothing to label: no engine is started
-        rollouts, shard_stats = rolled_out(recipe, run, iteration, plan, chosen, prover, policy)
+        prover_prompts = prompts if prover == policy else sampling_prompts(recipe, prover)
+        rollouts, shard_stats = rolled_out(recipe, run, iteration, plan, chosen, prover, policy, prover_prompts)
         stats.update(shard_stats, rollouts=len(rollouts), verified_rollouts=int(rollouts["correct"].eq(True).sum()),
                      generated_tokens=int(rollouts["rollout_tokens"].sum()))
     values = label(plan, chosen, rollouts, cfg.best_of)
     atomic_write_parquet(rollouts, run.pav_dir(iteration) / "rollouts.parquet")
     if cfg.head and len(values):
-        head, head_stats = train_head(recipe, plan, chosen, values, sampling_prompts(recipe, policy), iteration)
+        head, head_stats = train_head(recipe, plan, chosen, values, prompts, iteration)
         with atomic_directory(run.pav_dir(iteration) / "head") as staging:
             head.save(staging)
         stats.update(head_stats)
@@ -111,9 +113,10 @@ def start_plan(run: RunDir, iteration: int, plan: dict[str, Any]) -> None:
 
 
 def rolled_out(recipe: Recipe, run: RunDir, iteration: int, plan: Plan, chosen: pd.DataFrame, prover: str,
-               policy: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+               policy: str, prompts: pd.Series) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Every prefix's verified rollouts, a shard of ``PREFIXES_PER_SHARD`` prefixes at a time; the shards a
-    killed run finished are kept, so a rerun rolls out only the rest."""
+    killed run finished are kept, so a rerun rolls out only the rest. ``prompts``: :func:`sampling_prompts`
+    in the prover's tokens."""
     shards = [range(start, min(start + PREFIXES_PER_SHARD, len(plan.prefixes)))
               for start in range(0, len(plan.prefixes), PREFIXES_PER_SHARD)]
     paths = [run.pav_dir(iteration) / "rollouts" / f"shard-{i:05d}.parquet" for i in range(len(shards))]
@@ -122,7 +125,7 @@ def rolled_out(recipe: Recipe, run: RunDir, iteration: int, plan: Plan, chosen: 
     if todo:
         started = time.perf_counter()
         verifier = build_verifier(recipe.verifier.name, recipe.verifier.options)
-        inputs = rollout_inputs(plan, sampling_prompts(recipe, prover), prover, policy)
+        inputs = rollout_inputs(plan, prompts, prover, policy)
         params = sampling_params(recipe.sampling, n=recipe.pav.rollouts, temperature=recipe.pav.temperature,
                                  max_tokens=plan.max_tokens)
         llm = start_engine(with_prefix_caching(recipe.engine), prover, seed_for(recipe, iteration, "pav"))
@@ -163,16 +166,9 @@ def train_head(recipe: Recipe, plan: Plan, chosen: pd.DataFrame, values: pd.Data
     """Fit the PAV head (rest/pav/head.py) to the Q of every prefix p_0 .. p_T of the labelled samples."""
     features_model = resolve_model(recipe.model)
     targets = values.set_index(KEYS)[Q_COLUMN]
-    sequences, positions, prompt_lens, labels = [], [], [], []
-    for row, prefixes in plan.sample_prefixes.items():
-        sample = chosen.loc[row]
-        prompt = [int(t) for t in prompts[sample["prompt_id"]]]
-        completion = [int(t) for t in sample["completion_token_ids"]]
-        ends = [len(plan.prefixes[p].completion_ids) for p in prefixes[1:]] + [len(completion)]
-        sequences.append(prompt + completion)
-        positions.append(prefix_positions(len(prompt), ends))
-        prompt_lens.append(len(prompt))
-        labels.extend(targets.loc[(sample["prompt_id"], int(sample["sample_index"]))])
+    sequences, positions, prompt_lens = plan.sequences(chosen, prompts)
+    labels = [q for row in plan.sample_prefixes for q in
+              targets.loc[(chosen.loc[row, "prompt_id"], int(chosen.loc[row, "sample_index"]))]]
     started = time.perf_counter()
     model = load_feature_model(features_model)
     with phase_progress(f"pav iter {iteration} (head features)", total=len(sequences)) as bar:
@@ -219,8 +215,7 @@ def label(plan: Plan, chosen: pd.DataFrame, rollouts: pd.DataFrame, best_of: int
                      Q_COLUMN: values.q, ADVANTAGE_COLUMN: values.advantage,
                      ROLLOUTS_COLUMN: [n for n, _ in prefix_counts], VERIFIED_COLUMN: [c for _, c in prefix_counts],
                      MIN_ADVANTAGE_COLUMN: values.min_advantage, STEPS_COLUMN: len(positions)})
-    return pd.DataFrame(rows, columns=[*KEYS, Q_COLUMN, ADVANTAGE_COLUMN, ROLLOUTS_COLUMN, VERIFIED_COLUMN,
-                                       MIN_ADVANTAGE_COLUMN, STEPS_COLUMN])
+    return pd.DataFrame(rows, columns=[*KEYS, *VALUE_COLUMNS])
 
 
 def value_stats(values: pd.DataFrame) -> dict[str, float]:

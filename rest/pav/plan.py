@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rest.pav.head import prefix_positions
 from rest.prm.steps import StepSplitter, assign_steps, token_end_offsets
 from rest.recipe.schema import PavConfig
 
@@ -71,6 +72,20 @@ class Plan:
         keys = [[p.prompt_id, list(p.completion_ids)] for p in self.prefixes]
         text = json.dumps([keys, prover, cfg.model_dump(mode="json"), self.max_tokens], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def sequences(self, chosen: pd.DataFrame, prompts: pd.Series) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """Per labelled sample, in plan order: its prompt (``prompts``, by prompt id) + completion token ids,
+        the position of the last token of each prefix p_0 .. p_T in them, and the prompt's length."""
+        sequences, positions, prompt_lens = [], [], []
+        for row, prefixes in self.sample_prefixes.items():
+            sample = chosen.loc[row]
+            prompt = [int(t) for t in prompts[sample["prompt_id"]]]
+            completion = [int(t) for t in sample["completion_token_ids"]]
+            ends = [len(self.prefixes[p].completion_ids) for p in prefixes[1:]] + [len(completion)]
+            sequences.append(prompt + completion)
+            positions.append(prefix_positions(len(prompt), ends))
+            prompt_lens.append(len(prompt))
+        return sequences, positions, prompt_lens
 
     def describe(self, iteration: int) -> str:
         """The cost, in words, before anything runs."""
