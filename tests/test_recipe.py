@@ -93,6 +93,14 @@ def test_hash_ignores_key_order_and_tracks_values():
     assert a.hash() == b.hash() != c.hash()
 
 
+def test_fields_added_later_change_the_hash_only_when_set():
+    base = {"name": "x", "data": {"train_size": 4}}
+    plain = validate_recipe(base)
+    default = validate_recipe({**base, "engine": {"replicas": 1}})
+    replicated = validate_recipe({**base, "engine": {"replicas": 2}})
+    assert plain.hash() == default.hash() != replicated.hash()
+
+
 def test_resolved_recipe_round_trips_through_yaml():
     recipe = validate_recipe({"name": "x", "data": {"train_size": 4}, "sampling": {"n": 3}})
     again = validate_recipe(yaml.safe_load(recipe.to_yaml()))

@@ -14,11 +14,13 @@ import yaml
 import rest.engines.generation
 from rest.engines.generation import EngineError, engine_options
 from rest.engines.launch import launch_command
+from rest.engines.replicas import replica_options
 from rest.recipe.schema import validate_recipe
 from rest.run.rundir import RunDir
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
 BASE = {"name": "scale", "data": {"train_size": 4}}
+REPLICA_KEYS = {"replicas", "ray_address", "cpu_cores_per_replica"}
 
 
 @lru_cache(maxsize=1)
@@ -92,8 +94,14 @@ def test_every_fragment_in_the_scaling_doc_is_a_valid_recipe(tmp_path):
         for key, value in fragment.get("engine", {}).items():
             if key == "engine_kwargs":
                 assert all(options[k] == v for k, v in value.items())
+            elif key in REPLICA_KEYS:  # Ray's actor options, not vLLM's
+                assert getattr(recipe.engine, key) == value, key
             elif key != "data_parallel_size" or value > 1:
                 assert options[key] == value, key
+        if recipe.engine.replicas > 1:
+            gpus = recipe.engine.replicas * recipe.engine.tensor_parallel_size
+            actors = replica_options(recipe.engine, {"CPU": 64.0, "GPU": float(gpus)}, local=False)
+            assert [a["num_gpus"] for a in actors] == [recipe.engine.tensor_parallel_size] * recipe.engine.replicas
         train = fragment.get("train", {})
         if train.get("launcher"):
             command = launch_command(recipe.train, RunDir(tmp_path), 1)

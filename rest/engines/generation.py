@@ -82,7 +82,13 @@ def engine_arg_names() -> set[str]:
 
 
 def start_engine(cfg: EngineConfig, model: str, seed: int) -> Any:
-    """A ready ``vllm.LLM``; on CPU the KV-cache size comes from the recipe."""
+    """A ready ``vllm.LLM``, or with ``engine.replicas > 1`` a :class:`rest.engines.replicas.ReplicaPool` of them
+    (:func:`generate`, :func:`generate_stream` and :func:`stop_engine` take either); on CPU the KV-cache size
+    comes from the recipe."""
+    if cfg.replicas > 1:
+        from rest.engines.replicas import ReplicaPool
+
+        return ReplicaPool(cfg, model, seed)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.cpu_kvcache_gib))))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(cfg.cpu_reserved_cores))
     options = engine_options(cfg, model, seed)
@@ -96,6 +102,9 @@ def start_engine(cfg: EngineConfig, model: str, seed: int) -> Any:
 
 def stop_engine(llm: Any) -> None:
     """Shut the engine's background processes down now (they otherwise linger, busy, after the phase)."""
+    if is_pool(llm):
+        llm.stop()
+        return
     try:
         llm.llm_engine.engine_core.shutdown()
     except Exception:  # best effort: the phase's process group is killed afterwards anyway
@@ -137,6 +146,9 @@ def generate(
 
     With ``bar`` (a :class:`rest.report.progress.PhaseBar`), each finished prompt advances it as it happens.
     """
+    if is_pool(llm):
+        outputs = dict(llm.stream(prompt_token_ids, params, lora_request=lora_request, bar=bar))
+        return [outputs[position] for position in range(len(prompt_token_ids))]
     from vllm.inputs import TokensPrompt
 
     prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
@@ -147,14 +159,21 @@ def generate(
 
 def generate_stream(
     llm: Any, prompt_token_ids: Sequence[list[int]], params: Any, lora_request: Any = None, bar: Any = None,
+    groups: Sequence[int] | None = None,
 ) -> Iterator[tuple[int, list[Completion]]]:
     """Yields ``(position, completions)`` as each prompt finishes; every prompt is queued at once.
+
+    A replica pool yields a group of consecutive prompts at a time (``groups``: their sizes, e.g. the
+    E-step's shards), each group from one replica.
 
     The engine schedules the whole set as ``LLM.generate`` would (experiments/README.md compares the
     two), first come first served, so prompts still finish roughly in order and a
     caller's early shards complete early. ``bar`` advances by one prompt, its samples and tokens. vLLM
     builds without ``LLM.enqueue`` get one ``generate`` call, yielded at the end.
     """
+    if is_pool(llm):
+        yield from llm.stream(prompt_token_ids, params, groups=groups, lora_request=lora_request, bar=bar)
+        return
     if not hasattr(llm, "enqueue"):
         for position, completions in enumerate(generate(llm, prompt_token_ids, params, lora_request, bar)):
             yield position, completions
@@ -194,6 +213,20 @@ def _completion(index: int, out: Any) -> Completion:
         finish_reason=str(out.finish_reason),
         logprobs=logprobs,
     )
+
+
+def is_pool(llm: Any) -> bool:
+    """Whether ``llm`` is a replica pool rather than one ``vllm.LLM``."""
+    from rest.engines.replicas import ReplicaPool
+
+    return isinstance(llm, ReplicaPool)
+
+
+def engine_replicas(llm: Any) -> dict[str, Any]:
+    """A phase's record of its engines: how many replicas, and which died on the way (a pool only)."""
+    if not is_pool(llm):
+        return {"replicas": 1}
+    return {"replicas": len(llm.actors), "replicas_lost": len(llm.lost)}
 
 
 def _has_gpu() -> bool:

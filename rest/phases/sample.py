@@ -10,7 +10,14 @@ import pandas as pd
 
 from rest.data.problems import load_splits
 from rest.data.prompts import encode_prompt, render_prompt
-from rest.engines.generation import Completion, generate_stream, sampling_params, start_engine, stop_engine
+from rest.engines.generation import (
+    Completion,
+    engine_replicas,
+    generate_stream,
+    sampling_params,
+    start_engine,
+    stop_engine,
+)
 from rest.engines.hardware import resolve_dtype
 from rest.engines.models import resolve_model
 from rest.errors import RestError
@@ -90,6 +97,7 @@ def sample_iteration(recipe: Recipe, run: RunDir, iteration: int) -> SampleStats
                     kill_point("sample:after_shard")
             stats["generate_s"] = time.perf_counter() - gen_started
         finally:
+            stats.update(engine_replicas(llm))
             stop_engine(llm)
         # This run's rate: the tokens of the shards it wrote (a resumed run's earlier shards are not its work).
         stats["generated_tokens_this_run"] = new_tokens
@@ -131,7 +139,8 @@ def sample_shards(llm, params, shards: dict[int, pd.DataFrame], iteration: int, 
     flat = [(i, row) for i, shard in shards.items() for row in range(len(shard))]
     done: dict[int, dict[int, list]] = {i: {} for i in shards}
     ids = [shards[i]["prompt_token_ids"].iloc[row] for i, row in flat]
-    for position, completions in generate_stream(llm, ids, params, bar=bar):
+    groups = [len(shard) for shard in shards.values()]
+    for position, completions in generate_stream(llm, ids, params, bar=bar, groups=groups):
         i, row = flat[position]
         done[i][row] = completions
         if len(done[i]) == len(shards[i]):

@@ -28,6 +28,8 @@ class SampleStats(TypedDict, total=False):
     generated_tokens: int
     truncation_rate: float
     engine_dtype: str  # engine.dtype as resolved on this machine
+    replicas: int  # vLLM engines that sampled (engine.replicas)
+    replicas_lost: int  # replicas that died during the phase (their prompts went to the others)
     grown_in: int  # ReST's Improve steps: the iteration whose samples this one reuses
     improve_step: int
 

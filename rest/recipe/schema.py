@@ -116,7 +116,9 @@ class EngineConfig(Strict):
     enforce_eager: bool = Field(False, description="Skip torch.compile/graph capture: faster start, slower run.")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="GPU memory share for vLLM (GPU only).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica (tensor parallelism).")
-    data_parallel_size: int = Field(1, ge=1, description="Model replicas (data parallelism).")
+    data_parallel_size: int = Field(
+        1, ge=1, description="vLLM's own data parallelism (needs an external launcher); for replicas use engine.replicas."
+    )
     max_num_seqs: int | None = Field(None, ge=1, description="Maximum sequences scheduled at once; None = vLLM default.")
     cpu_kvcache_gib: float = Field(4.0, gt=0, description="KV-cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
     cpu_reserved_cores: int = Field(
@@ -125,6 +127,18 @@ class EngineConfig(Strict):
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Further vllm.LLM / EngineArgs options, checked against EngineArgs."
+    )
+    replicas: int = Field(
+        1, ge=1, description="vLLM engines sampling at once, each a Ray actor with its own GPUs "
+        "(tensor_parallel_size each) or CPU cores, each given disjoint prompts; more than 1 needs the `ray` extra.",
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster for the replicas (e.g. ray://head:10001 or head:6379); default: $RAY_ADDRESS, "
+        "else a local cluster that rest-em starts and stops.",
+    )
+    cpu_cores_per_replica: int | None = Field(
+        None, ge=1, description="CPU replicas: cores each engine gets (Ray num_cpus; pinned on a local cluster); "
+        "default: the cluster's cores divided by replicas.",
     )
 
 
@@ -528,16 +542,22 @@ class Recipe(Strict):
     def hash(self) -> str:
         """A stable hash of the resolved recipe (independent of key order and formatting).
 
-        Sections added after run directories already existed count only when set, so those directories
-        (whose recipes never had them) still resume under the same hash.
+        Sections and fields added after run directories already existed count only when set (a field: to
+        other than its default), so those directories (whose recipes never had them) still resume under the
+        same hash.
         """
-        unset = {name for name in _LATER_SECTIONS if getattr(self, name) is None}
-        canonical = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True)
+        exclude: dict[str, Any] = {name: True for name in _LATER_SECTIONS if getattr(self, name) is None}
+        for section, fields in _LATER_FIELDS.items():
+            values = getattr(self, section)
+            exclude[section] = {f for f in fields if getattr(values, f) == type(values).model_fields[f].default}
+        canonical = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-# Optional sections introduced after the first run directories were written (see Recipe.hash).
+# Optional sections, and fields of other sections, introduced after the first run directories were
+# written (see Recipe.hash).
 _LATER_SECTIONS = ("repair", "pav")
+_LATER_FIELDS = {"engine": ("replicas", "ray_address", "cpu_cores_per_replica")}
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+REPLICA_SEED_STRIDE = 1_000_003
+
 
 def iteration_seeds(recipe: Any, iteration: int) -> dict[str, int]:
     """The seeds of iteration ``iteration`` by use (``eval_engine``, ``sample_engine``, ``select``, ``train``,
@@ -29,6 +31,12 @@ def iteration_seeds(recipe: Any, iteration: int) -> dict[str, int]:
 def seed_for(recipe: Any, iteration: int, use: str) -> int:
     """One seed of :func:`iteration_seeds`, by use."""
     return iteration_seeds(recipe, iteration)[use]
+
+
+def replica_seed(seed: int, replica: int) -> int:
+    """The engine seed of data-parallel replica ``replica``: replica 0 keeps the phase's seed (one replica samples
+    as one engine does); the others are offset far beyond any iteration's ``seed + iteration``."""
+    return seed + replica * REPLICA_SEED_STRIDE
 
 
 def _given_or(given: int | None, derived: int) -> int:
