@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from rest.data.grown import ORIGINAL_INDEX, ORIGINAL_POLICY, is_original, original_rows
-from rest.data.problems import DataError, to_problems
+from rest.data.problems import DataError, load_splits, to_problems
 from rest.filters.selection import DifficultyBand
 from rest.recipe.schema import DataConfig, RecipeError, validate_recipe
 
@@ -50,6 +50,28 @@ def test_a_sampled_prompt_missing_from_the_problems_is_an_error():
         original_rows(samples(), problems, CharTokenizer())
     with pytest.raises(ValueError, match="data.reference_template"):
         original_rows(samples(), problems.drop(columns="reference"), CharTokenizer())
+
+
+def test_answer_only_problems_get_no_reference_row():
+    problems = pd.DataFrame({"prompt_id": ["a", "b"], "question": ["2+2?", "3+3?"], "gold": ["4", "6"],
+                             "reference": ["#### 4", None]})
+    assert original_rows(samples(), problems, CharTokenizer())["prompt_id"].tolist() == ["a"]
+
+
+def test_reference_size_keeps_the_references_of_the_smaller_split(tmp_path):
+    path = tmp_path / "data.jsonl"
+    pd.DataFrame({"question": [f"{i}+1?" for i in range(40)], "answer": [f"#### {i + 1}" for i in range(40)],
+                  "solution": [f"{i}+1={i + 1}\n#### {i + 1}" for i in range(40)]}).to_json(path, orient="records",
+                                                                                              lines=True)
+    data = {"source": "file", "path": str(path), "eval_size": 10, "reference_template": "{solution}"}
+    small = load_splits(validate_recipe({"name": "r", "data": {**data, "train_size": 8}})).train
+    large = load_splits(validate_recipe({"name": "r", "data": {**data, "train_size": 24,
+                                                                 "reference_size": 8}})).train
+    assert large["prompt_id"].head(8).tolist() == small["prompt_id"].tolist()
+    assert large["reference"].head(8).tolist() == small["reference"].tolist()
+    assert large["reference"].iloc[8:].isna().all() and large["reference"].head(8).notna().all()
+    with pytest.raises(RecipeError, match="data.reference_size needs data.reference_template"):
+        validate_recipe({"name": "r", "data": {**data, "reference_template": None, "reference_size": 8}})
 
 
 def test_reference_template_fills_record_fields():

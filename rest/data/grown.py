@@ -59,7 +59,8 @@ def judged_set(recipe: Recipe, run: RunDir, iteration: int) -> pd.DataFrame:
 
 
 def original_rows(samples: pd.DataFrame, problems: pd.DataFrame, tokenizer) -> pd.DataFrame:
-    """One row per sampled prompt holding its reference solution as the completion.
+    """One row per sampled prompt that has a reference solution (``data.reference_size``), holding it as the
+    completion.
 
     The prompt fields are copied from the prompt's first sample (the exact text and ids the sampler used),
     the completion is the reference tokenised without special tokens, as if the model had written it and
@@ -72,7 +73,8 @@ def original_rows(samples: pd.DataFrame, problems: pd.DataFrame, tokenizer) -> p
     if missing:
         raise ValueError(f"{len(missing)} sampled prompts are not in the training split (e.g. {missing[0]}): "
                          "the data or data.* changed since the E-step")
-    rows = samples.drop_duplicates("prompt_id").copy()
+    rows = samples.drop_duplicates("prompt_id")
+    rows = rows[rows["prompt_id"].map(reference).notna()].copy()  # data.reference_size: answer-only problems
     texts = [str(reference[p]) for p in rows["prompt_id"]]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     rows = rows.assign(

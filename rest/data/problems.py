@@ -42,6 +42,8 @@ def load_splits(recipe: Recipe) -> Splits:
     evaluation = shuffled.iloc[: cfg.eval_size].reset_index(drop=True)
     rest_ = shuffled.iloc[cfg.eval_size:]
     train = (rest_ if cfg.train_size is None else rest_.iloc[: cfg.train_size]).reset_index(drop=True)
+    if cfg.reference_size is not None and "reference" in train.columns:
+        train["reference"] = train["reference"].where(train.index < cfg.reference_size, None)
     return Splits(train=train, eval=evaluation)
 
 

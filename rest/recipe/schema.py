@@ -49,6 +49,11 @@ class DataConfig(Strict):
         None, description="A reference solution built from each record's fields, e.g. '{answer}' for GSM8K's worked "
         "solutions or '```python\\n{prompt}{canonical_solution}```' for HumanEval; loop.mix_original trains on it.",
     )
+    reference_size: int | None = Field(
+        None, ge=0, description="Only the first N training problems (in split order) keep their reference solution; "
+        "the others have their final answer only, the setting where worked solutions are scarce and answers "
+        "plentiful (RFT, STaR). The first N are the training split of train_size=N. None = all keep it.",
+    )
     train_size: int | None = Field(None, ge=1, description="Training prompts to use (None = all that remain).")
     eval_size: int = Field(32, ge=1, description="Held-out prompts for evaluation; never trained on.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Generator settings.")
@@ -507,6 +512,8 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _original_needs_a_reference(self) -> "Recipe":
+        if self.data.reference_size is not None and self.data.reference_template is None:
+            raise ValueError("data.reference_size needs data.reference_template (the references it keeps)")
         if self.loop.mix_original and self.data.reference_template is None:
             raise ValueError("loop.mix_original needs data.reference_template (e.g. '{answer}' for GSM8K)")
         return self
@@ -557,7 +564,7 @@ class Recipe(Strict):
 # Optional sections, and fields of other sections, introduced after the first run directories were
 # written (see Recipe.hash).
 _LATER_SECTIONS = ("repair", "pav")
-_LATER_FIELDS = {"engine": ("replicas", "ray_address", "cpu_cores_per_replica")}
+_LATER_FIELDS = {"engine": ("replicas", "ray_address", "cpu_cores_per_replica"), "data": ("reference_size",)}
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
