@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from rest.filters.selection import DifficultyBand
 
 from rest.data.grown import ORIGINAL_INDEX, ORIGINAL_POLICY, is_original, original_rows
 from rest.data.problems import DataError, load_splits, to_problems
-from rest.filters.selection import DifficultyBand
 from rest.recipe.schema import DataConfig, RecipeError, validate_recipe
 
 
