@@ -21,8 +21,9 @@ REPLICAS = {**BATCH_RECIPE, "engine": {**BATCH_RECIPE["engine"], "replicas": 2, 
 
 def ray_processes() -> list[str]:
     """Command lines of Ray's own processes on this machine (a local cluster left behind would show here)."""
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in out if "raylet" in line or "gcs_server" in line]
+    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    alive = [line.split(None, 1) for line in out if not line.lstrip().startswith("Z")]  # zombies have exited
+    return [args for _, args in alive if "raylet" in args or "gcs_server" in args]
 
 
 def test_two_replicas_resume_after_a_kill_and_survive_a_dead_replica(tmp_path, builtin_model):
