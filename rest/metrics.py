@@ -10,6 +10,7 @@ PASS_AT_1 = "pass@1"  # greedy
 PASS_AT_1_SAMPLED = "pass@1_sampled"  # mean over the evaluation's samples
 PRM_EVAL_METRICS = ("prm_auroc", "best_of_n_prm", "prm_weighted_vote", "best_of_n_majority", "best_of_n_random")
 PAV_EVAL_METRICS = ("pav_auroc", "best_of_n_pav")  # with a trained PAV head (pav.head)
+PAV_SEARCH_METRICS = ("pav_search", "pav_search_best_of_n", "pav_search_minus_best_of_n")  # with pav.search
 
 
 def pass_at(k: int) -> str:
@@ -25,12 +26,14 @@ def sampled_metric_names(k: int) -> tuple[str, ...]:
     return (PASS_AT_1_SAMPLED, *((pass_at(k),) if k > 1 else ()), maj_at(k))
 
 
-def evaluated_metrics(samples: int, k: int, prm: bool, pav: bool = False) -> tuple[str, ...]:
+def evaluated_metrics(samples: int, k: int, prm: bool, pav: bool = False, search: bool = False) -> tuple[str, ...]:
     """Every metric an evaluation with ``samples`` samples per problem (k of them voted) reports; ``prm``: with
-    an implicit PRM, ``pav``: with a trained PAV head."""
+    an implicit PRM, ``pav``: with a trained PAV head, ``search``: with PAV-guided search (pav.search)."""
+    searched = PAV_SEARCH_METRICS if search else ()
     if not samples:
-        return (PASS_AT_1,)
-    return (PASS_AT_1, *sampled_metric_names(k), *(PRM_EVAL_METRICS if prm else ()), *(PAV_EVAL_METRICS if pav else ()))
+        return (PASS_AT_1, *searched)
+    return (PASS_AT_1, *sampled_metric_names(k), *(PRM_EVAL_METRICS if prm else ()), *(PAV_EVAL_METRICS if pav else ()),
+            *searched)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -41,6 +41,7 @@ def evaluate_iteration(recipe: Recipe, run: RunDir, iteration: int) -> EvalStats
                 outputs = generate(llm, list(problems["prompt_token_ids"]), params, bar=bar)
             timings[f"{mode}_generate_s"] = time.perf_counter() - gen_started
             tables.append(_table(problems, outputs, iteration, policy, mode))
+        searched = search_with_head(recipe, run, iteration, llm, problems)
     finally:
         stop_engine(llm)
     samples = pd.concat(tables, ignore_index=True)
@@ -58,13 +59,29 @@ def evaluate_iteration(recipe: Recipe, run: RunDir, iteration: int) -> EvalStats
 
         judged, pav_metrics = score_with_head(recipe, run, iteration, judged)
         results.update(pav_metrics)
+    out = run.eval_dir(iteration)
+    if searched is not None:
+        atomic_write_parquet(searched[0], out / "search.parquet")
+        results.update(searched[1])
     results.update(timings, policy=policy, data_errors=data_errors,
                    generated_tokens=int(judged["completion_token_ids"].map(len).sum()))
-    out = run.eval_dir(iteration)
     atomic_write_parquet(judged, out / "samples.parquet")
     atomic_write_json(out / "results.json", results)
     run.write_stats(iteration, "eval", results)
     return results
+
+
+def search_with_head(recipe: Recipe, run: RunDir, iteration: int, llm, problems: pd.DataFrame):
+    """pav.search with the PAV head in force after ``iteration`` (None without pav.search, or before any head)."""
+    if recipe.pav is None or recipe.pav.search is None:
+        return None
+    from rest.pav.heldout import head_after, search_heldout
+
+    head = head_after(run, iteration)
+    if head is None:
+        return None
+    verifier = build_verifier(recipe.verifier.name, recipe.verifier.options)
+    return search_heldout(llm, recipe.pav.search, recipe.sampling, recipe.pav.step_delimiter, head, problems, verifier)
 
 
 def _table(problems: pd.DataFrame, outputs: list, iteration: int, policy: str, mode: str) -> pd.DataFrame:

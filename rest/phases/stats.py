@@ -212,12 +212,17 @@ class EvalStats(TypedDict, total=False):
     pav_eval_samples: int
     pav_eval_correct: int
     pav_scoring_s: float
+    pav_search_problems: int  # pav.search: held-out problems searched
+    pav_search_tokens_per_problem: float  # tokens the search sampled, per problem
+    pav_search_best_of_n_tokens_per_problem: float  # tokens of the answers best-of-N chose among (<= the search's)
+    pav_search_best_of_n_samples_per_problem: float
+    pav_search_s: float
 
 
 def undeclared(declared: type, stats: dict[str, Any], eval_k: int = 1) -> set[str]:
     """Keys of ``stats`` that its phase's stats type ``declared`` lacks; for eval, ``eval_k``'s metrics count."""
     names = set(declared.__annotations__)
     if declared is EvalStats:
-        metrics = evaluated_metrics(samples=1, k=eval_k, prm=True, pav=True)
+        metrics = evaluated_metrics(samples=1, k=eval_k, prm=True, pav=True, search=True)
         names |= {*metrics, *(f"{m}_stderr" for m in metrics)}
     return set(stats) - names

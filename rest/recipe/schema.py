@@ -329,6 +329,20 @@ class PrmConfig(StepsConfig):
     )
 
 
+class PavSearchConfig(Strict):
+    """PAV-guided step-level beam search on the held-out split at evaluation, against best-of-N reranked by the
+    same head at each problem's sampled-token budget (rest/pav/search.py)."""
+
+    width: int = Field(4, ge=1, description="Beams kept per problem.")
+    expansions: int = Field(4, ge=1, description="Continuations of each beam per step.")
+    max_steps: int = Field(4, ge=1, description="Rounds of expansion; open beams then count as answers.")
+    alpha: float = Field(0.5, ge=0, description="Search score Q + alpha * A (the paper's ranking).")
+    samples: int = Field(
+        16, ge=1, description="Whole answers drawn per problem for best-of-N; it takes the first ones that fit the "
+        "tokens the search spent on that problem.")
+    problems: int | None = Field(None, ge=1, description="Held-out problems searched (the first N); None = all.")
+
+
 class PavConfig(StepsConfig):
     """Monte Carlo step values under a prover policy (PAV; Setlur et al. 2024, arXiv 2410.08146).
 
@@ -353,11 +367,18 @@ class PavConfig(StepsConfig):
         False, description="Also train a PAV each iteration (pav/head/): a logistic value head on the base model's "
         "last hidden state, fitted to every labelled prefix's Q; it predicts step values without rollouts.")
     head_l2: float = Field(1e-2, ge=0, description="L2 penalty on the head's weights (features are standardised).")
+    search: PavSearchConfig | None = Field(
+        None, description="At evaluation, beam search guided by the head against best-of-N at equal tokens "
+        "(needs head: true and a literal step_delimiter, which ends each expansion).")
 
     @model_validator(mode="after")
     def _best_of_within_rollouts(self) -> "PavConfig":
         if self.best_of > self.rollouts:
             raise ValueError(f"pav.best_of ({self.best_of}) cannot exceed pav.rollouts ({self.rollouts})")
+        if self.search is not None and not self.head:
+            raise ValueError("pav.search ranks with the trained head: set pav.head: true")
+        if self.search is not None and self.step_regex:
+            raise ValueError("pav.search stops each expansion at the step delimiter: it needs step_regex: false")
         return self
 
 
@@ -498,7 +519,8 @@ class Recipe(Strict):
         from rest.metrics import evaluated_metrics
 
         known = set(evaluated_metrics(self.eval.samples, self.eval.k, self.prm is not None,
-                                      self.pav is not None and self.pav.head))
+                                      self.pav is not None and self.pav.head,
+                                      self.pav is not None and self.pav.search is not None))
         if self.loop.metric not in known:
             raise ValueError(f"loop.metric '{self.loop.metric}' is not evaluated by this recipe; "
                              f"choose one of: {', '.join(sorted(known))}")

@@ -251,6 +251,9 @@ class Tracker:
         samples = self.run.eval_dir(k) / "samples.parquet"
         if samples.is_file():
             self._log_table(run_id, pd.read_parquet(samples), "tables/eval_samples.json", k, "correct")
+        searched = self.run.eval_dir(k) / "search.parquet"  # pav.search: one row per searched problem
+        if searched.is_file():
+            self.client.log_artifact(run_id, str(searched), artifact_path="eval")
         self.log_metrics(self.parent_id, numeric_items(stats, "eval"), step=k)
         self.log_plots()
 

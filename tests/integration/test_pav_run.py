@@ -143,3 +143,19 @@ def test_evaluation_scores_the_held_out_answers_with_the_head(pav_run, phase_sta
         assert 0.0 <= results["pav_auroc"] <= 1.0
     else:
         assert results["pav_auroc"] is None
+
+
+def test_evaluation_searches_with_the_head_and_gives_best_of_n_the_same_tokens(pav_run, phase_stats):
+    run, _ = pav_run
+    results = phase_stats(run, 1, "eval")
+    table = pd.read_parquet(run / "iter_001" / "eval" / "search.parquet")
+    assert len(table) == results["pav_search_problems"] == 4
+    assert table["search_tokens"].gt(0).all()
+    # best-of-N takes whole answers while they fit the search's tokens (always at least one)
+    assert (table["best_of_n_tokens"].le(table["search_tokens"]) | table["best_of_n_samples"].eq(1)).all()
+    assert table["best_of_n_samples"].between(1, 4).all()
+    assert results["pav_search"] == table["search_correct"].mean()
+    assert results["pav_search_best_of_n"] == table["best_of_n_correct"].mean()
+    assert results["pav_search_minus_best_of_n"] == pytest.approx(results["pav_search"] - results["pav_search_best_of_n"])
+    assert results["pav_search_tokens_per_problem"] == table["search_tokens"].mean()
+    assert table["search_answer"].notna().all()
