@@ -94,7 +94,8 @@ def series(arm: Arm, k: int, key: str = "greedy") -> pd.Series | None:
 
 
 def last_iteration(arm: Arm) -> int:
-    return max(it["row"]["iteration"] for it in arm["iterations"])
+    """The arm's last evaluated iteration (0 while it has none: an arm whose run has just begun)."""
+    return max((it["row"]["iteration"] for it in arm["iterations"]), default=0)
 
 
 def paired(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
