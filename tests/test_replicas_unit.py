@@ -75,3 +75,14 @@ def test_an_address_where_nothing_listens_fails_fast():
         replicas.check_reachable("ray://127.0.0.1:9", timeout_s=2)
     with pytest.raises(EngineError, match="cannot reach the Ray cluster at 'head-without-port'"):
         replicas.check_reachable("head-without-port", timeout_s=2)
+
+
+def test_a_dead_replica_counts_once_and_the_last_one_ends_the_phase():
+    pool = object.__new__(replicas.ReplicaPool)
+    pool.alive, pool.lost = {0, 1}, []
+    died = RuntimeError("actor died")
+    pool._lose(1, died)
+    pool._lose(1, died)  # a second stream of the same replica reports it again
+    assert (pool.alive, pool.lost) == ({0}, [1])
+    with pytest.raises(EngineError, match="every vLLM replica died .* rerun to resume"):
+        pool._lose(0, died)

@@ -157,8 +157,9 @@ class ReplicaPool:
             self.ray.shutdown()
 
     def _lose(self, replica: int, err: BaseException) -> None:
-        self.alive.discard(replica)
-        self.lost.append(replica)
+        if replica in self.alive:  # each of a dead replica's streams reports it
+            self.alive.discard(replica)
+            self.lost.append(replica)
         if not self.alive:
             raise EngineError(f"every vLLM replica died (the last, replica {replica}: {first_line(err)}); "
                               "the finished groups are kept: rerun to resume") from err
