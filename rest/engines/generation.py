@@ -223,7 +223,7 @@ def is_pool(llm: Any) -> bool:
 
 
 def engine_replicas(llm: Any) -> dict[str, Any]:
-    """A phase's record of its engines: how many replicas, and which died on the way (a pool only)."""
+    """A phase's record of its engines: how many replicas, and how many died on the way (a pool only)."""
     if not is_pool(llm):
         return {"replicas": 1}
     return {"replicas": len(llm.actors), "replicas_lost": len(llm.lost)}
