@@ -86,3 +86,10 @@ def test_a_dead_replica_counts_once_and_the_last_one_ends_the_phase():
     assert (pool.alive, pool.lost) == ({0}, [1])
     with pytest.raises(EngineError, match="every vLLM replica died .* rerun to resume"):
         pool._lose(0, died)
+
+
+def test_completed_groups_yield_each_group_in_prompt_order_when_its_last_prompt_finishes():
+    from rest.engines.generation import completed_groups
+
+    stream = [(3, ["d"]), (0, ["a"]), (2, ["c"]), (1, ["b"])]  # prompts finish out of order
+    assert list(completed_groups(stream, [2, 0, 2])) == [(2, [["c"], ["d"]]), (0, [["a"], ["b"]])]

@@ -6,7 +6,8 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterator, Sequence
+from itertools import accumulate
+from typing import Any, Iterable, Iterator, Sequence
 
 from rest.engines.hardware import resolve_dtype
 from rest.errors import RestError
@@ -200,6 +201,21 @@ def generate_stream(
             yield positions[str(output.request_id)], completions
     if pending:
         raise EngineError(f"the vLLM engine stopped with {pending} of {len(prompts)} prompts unfinished")
+
+
+def completed_groups(stream: Iterable[tuple[int, list[Completion]]], sizes: Sequence[int]
+                     ) -> Iterator[tuple[int, list[list[Completion]]]]:
+    """Regroup ``(position, completions)`` over consecutive groups of ``sizes`` prompts: yields ``(group,
+    completions per prompt in order)`` as soon as each group's last prompt has finished."""
+    starts = list(accumulate([0, *sizes]))
+    owner = [g for g, size in enumerate(sizes) for _ in range(size)]
+    done: dict[int, dict[int, list[Completion]]] = {g: {} for g, size in enumerate(sizes) if size}
+    for position, completions in stream:
+        g = owner[position]
+        done[g][position - starts[g]] = completions
+        if len(done[g]) == sizes[g]:
+            finished = done.pop(g)
+            yield g, [finished[k] for k in range(sizes[g])]
 
 
 def _completion(index: int, out: Any) -> Completion:

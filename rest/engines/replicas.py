@@ -14,9 +14,17 @@ from __future__ import annotations
 
 import os
 import socket
+from itertools import accumulate
 from typing import Any, Callable, Iterator, Sequence
 
-from rest.engines.generation import Completion, EngineError, generate_stream, start_engine, stop_engine
+from rest.engines.generation import (
+    Completion,
+    EngineError,
+    completed_groups,
+    generate_stream,
+    start_engine,
+    stop_engine,
+)
 from rest.recipe.schema import EngineConfig
 from rest.recipe.seeds import replica_seed
 from rest.report.progress import console
@@ -50,20 +58,11 @@ class Replica:
     def stream(self, groups: list[tuple[int, list[list[int]]]], params: Any, lora_request: Any = None
                ) -> Iterator[tuple[int, list[list[Completion]]]]:
         """Yields ``(group number, completions per prompt)`` as each group finishes; all are queued at once."""
-        owner = [g for g, prompts in groups for _ in prompts]
-        offsets, flat = {}, []
-        for g, prompts in groups:
-            offsets[g] = len(flat)
-            flat.extend(prompts)
-        done: dict[int, dict[int, list[Completion]]] = {g: {} for g, _ in groups}
-        sizes = {g: len(prompts) for g, prompts in groups}
-        for position, completions in generate_stream(self.llm, flat, params, lora_request):
-            g = owner[position]
-            done[g][position - offsets[g]] = completions
-            if len(done[g]) == sizes[g]:
-                kill_point(f"replica{self.index}:group")
-                finished = done.pop(g)
-                yield g, [finished[k] for k in range(sizes[g])]
+        flat = [ids for _, prompts in groups for ids in prompts]
+        stream = generate_stream(self.llm, flat, params, lora_request)
+        for k, completions in completed_groups(stream, [len(prompts) for _, prompts in groups]):
+            kill_point(f"replica{self.index}:group")
+            yield groups[k][0], completions
 
     def call(self, fn: Callable[[Any, Any], Any], items: Any) -> Any:
         """``fn(llm, items)`` on this replica's engine."""
@@ -102,7 +101,7 @@ class ReplicaPool:
                                                                     len(self.actors) * GROUPS_PER_REPLICA)
         if sum(sizes) != len(prompt_token_ids):
             raise ValueError(f"groups sum to {sum(sizes)} but there are {len(prompt_token_ids)} prompts")
-        starts = [sum(sizes[:g]) for g in range(len(sizes))]
+        starts = list(accumulate([0, *sizes]))
         group_ids = {g: [list(map(int, ids)) for ids in prompt_token_ids[starts[g]:starts[g] + sizes[g]]]
                      for g in range(len(sizes)) if sizes[g]}
         streams: dict[Any, tuple[int, set[int]]] = {}
@@ -141,7 +140,7 @@ class ReplicaPool:
         """``fn(llm, part)`` on a contiguous part of ``items`` per replica; the results in ``items``' order."""
         replicas = sorted(self.alive)
         sizes = even_groups(len(items), len(replicas))
-        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        starts = accumulate([0, *sizes])
         calls = [self.actors[r].call.remote(fn, list(items[s:s + n])) for r, s, n in zip(replicas, starts, sizes) if n]
         return [result for part in self._get(calls, "call") for result in part]
 

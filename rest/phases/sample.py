@@ -12,6 +12,7 @@ from rest.data.problems import load_splits
 from rest.data.prompts import encode_prompt, render_prompt
 from rest.engines.generation import (
     Completion,
+    completed_groups,
     engine_replicas,
     generate_stream,
     sampling_params,
@@ -136,16 +137,12 @@ def sample_shards(llm, params, shards: dict[int, pd.DataFrame], iteration: int, 
     finish roughly in order; a shard's rows (prompt order, then sample index) are yielded as soon as all its
     prompts have finished.
     """
-    flat = [(i, row) for i, shard in shards.items() for row in range(len(shard))]
-    done: dict[int, dict[int, list]] = {i: {} for i in shards}
-    ids = [shards[i]["prompt_token_ids"].iloc[row] for i, row in flat]
-    groups = [len(shard) for shard in shards.values()]
-    for position, completions in generate_stream(llm, ids, params, bar=bar, groups=groups):
-        i, row = flat[position]
-        done[i][row] = completions
-        if len(done[i]) == len(shards[i]):
-            finished = done.pop(i)
-            yield i, _shard_frame(shards[i], [finished[r] for r in range(len(shards[i]))], iteration, policy)
+    numbers = list(shards)
+    ids = [ids for shard in shards.values() for ids in shard["prompt_token_ids"]]
+    sizes = [len(shard) for shard in shards.values()]
+    stream = generate_stream(llm, ids, params, bar=bar, groups=sizes)
+    for k, completions in completed_groups(stream, sizes):
+        yield numbers[k], _shard_frame(shards[numbers[k]], completions, iteration, policy)
 
 
 def _shard_frame(shard: pd.DataFrame, completions: list, iteration: int, policy: str) -> pd.DataFrame:
