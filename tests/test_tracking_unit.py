@@ -103,3 +103,29 @@ def test_runs_the_store_does_not_have_are_replaced_not_a_crash(tmp_path):
     assert moved.parent_id not in (first, "0" * 32)
     assert run.manifest()["mlflow"] == {"parent_run_id": moved.parent_id, "tracking_uri": uri, "iterations": {}}
     assert MlflowClient(uri).get_run(moved.parent_id).info.run_name == "moved"
+
+
+def test_an_empty_kept_set_is_logged_as_a_dataset_not_a_crash(tmp_path):
+    """Parquet reads text columns back as pandas' string dtype; MLflow's dataset digest compared an empty
+    (or all-missing) one with ``str`` and raised NotImplementedError, which ended the run at selection
+    instead of letting the M-step say that nothing was kept."""
+    from mlflow.tracking import MlflowClient
+
+    from rest.report.tracking import Tracker
+    from rest.run.rundir import RunDir
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = validate_recipe({"name": "empty", "data": {"train_size": 4}, "tracking": {"tracking_uri": uri}})
+    run = RunDir(tmp_path / "run")
+    run.initialise(recipe)
+    tracker = Tracker(recipe, run)
+    path = tmp_path / "kept.parquet"
+    pd.DataFrame({"prompt_id": ["a"], "completion": ["x"], "dedup__reason": [None], "reward": [1.0]}).iloc[:0] \
+        .to_parquet(path)
+    empty = pd.read_parquet(path)
+    for name, frame in [("empty", empty), ("no_reasons", pd.DataFrame({"dedup__reason": pd.Series([None, None],
+                                                                                                   dtype="str")}))]:
+        tracker.log_dataset(tracker.parent_id, frame, name, str(path), {"mlflow.data.context": "training"})
+    inputs = MlflowClient(uri).get_run(tracker.parent_id).inputs.dataset_inputs
+    assert sorted(i.dataset.name for i in inputs) == ["empty", "no_reasons"]
+    assert {i.dataset.name: i.dataset.profile for i in inputs}["empty"] == '{"num_rows": 0, "num_elements": 0}'

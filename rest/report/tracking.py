@@ -273,9 +273,13 @@ class Tracker:
         import mlflow.data
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
+        # MLflow's digest compares each cell's type with ``str``, which pandas' string dtype (how Parquet text
+        # columns read back) cannot do for a column with no strings in it: an empty kept set, or a reason
+        # column that no kept row fills. As Python objects the values and the schema stay the same.
+        texts = {column: object for column, dtype in frame.dtypes.items() if isinstance(dtype, pd.StringDtype)}
         with warnings.catch_warnings():  # source-resolution and integer-schema hints, not problems here
             warnings.simplefilter("ignore")
-            described = mlflow.data.from_pandas(frame, source=source, name=name).to_dict()
+            described = mlflow.data.from_pandas(frame.astype(texts), source=source, name=name).to_dict()
         entity = Dataset(**{key: described.get(key) for key in
                             ("name", "digest", "source_type", "source", "schema", "profile")})
         self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag(k, v) for k, v in tags.items()])])
