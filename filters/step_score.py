@@ -1,7 +1,8 @@
 """Selection by a per-sample score of its reasoning steps, among outcome-correct samples.
 
 The implicit PRM's ``implicit_prm`` and PAV's ``process_advantage`` differ only in the score they read;
-the rules (threshold, top-k per prompt, quantile), the rows they consider and their reasons are these.
+the rules (threshold, top-k per prompt, quantile of the iteration or of each prompt), the rows they consider and
+their reasons are these.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 from .pipeline import FilterResult
 from .selection import rank_within
 
-MODES = ("threshold", "top_k", "quantile")
+MODES = ("threshold", "top_k", "quantile", "prompt_quantile")
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,10 @@ class StepScoreFilter:
     - ``threshold``: keep scores >= ``threshold``.
     - ``top_k``: keep the ``top_k`` best-scored samples of each prompt (ties in seeded random order).
     - ``quantile``: keep scores >= the ``quantile``-quantile of the scores considered in the iteration
-      (0.25 drops the lowest quarter).
+      (0.25 drops the lowest quarter). Scores also measure how hard a problem is, so this cut can drop every
+      correct sample of the hardest solved problems.
+    - ``prompt_quantile``: the same cut within each prompt's considered samples: a prompt keeps its samples
+      scored at or above its own ``quantile``-quantile, so no prompt loses all of them.
 
     Only rows that are outcome-correct (``correct`` true) and still kept by the earlier filters are
     considered; every other row gets ``keep`` true (its fate is the earlier filters') and the reason
@@ -61,8 +65,10 @@ class StepScoreFilter:
         considered = keep.astype(bool) & samples["correct"].eq(True).fillna(False).astype(bool)
         scored = considered & score.notna()
         passed = self._passed(samples, score, scored, seed)
-        kept_reason = {"threshold": "above_threshold", "top_k": "within_top_k", "quantile": "above_quantile"}
-        dropped_reason = {"threshold": "below_threshold", "top_k": "outside_top_k", "quantile": "below_quantile"}
+        kept_reason = {"threshold": "above_threshold", "top_k": "within_top_k", "quantile": "above_quantile",
+                       "prompt_quantile": "above_prompt_quantile"}
+        dropped_reason = {"threshold": "below_threshold", "top_k": "outside_top_k", "quantile": "below_quantile",
+                          "prompt_quantile": "below_prompt_quantile"}
         reason = np.select([~considered, ~scored, passed], ["not_considered", "unscored", kept_reason[self.mode]],
                            dropped_reason[self.mode])
         own_keep = ~considered | (scored & passed)
@@ -76,5 +82,8 @@ class StepScoreFilter:
             return rank_within(ranked, scored, [samples["prompt_id"]], "_step_score", seed, self.name) < self.top_k
         if not scored.any():
             return pd.Series(False, index=samples.index)
+        if self.mode == "prompt_quantile":
+            cuts = score[scored].groupby(samples.loc[scored, "prompt_id"]).quantile(self.quantile)
+            return score >= samples["prompt_id"].map(cuts)  # NaN cut (prompt with nothing scored): False
         cut = float(np.quantile(score[scored].to_numpy(), self.quantile))
         return score >= cut

@@ -8,7 +8,7 @@ train loss, validation metrics with their standard errors, wall time per phase, 
 best iteration starred), the paired pass@1 differences (each iteration vs the base model; the pairs the
 issue asks about: mixed vs supervised, mixed vs outcome, prm vs outcome, repair vs outcome; checked vs
 repair and outcome; mixed4 and answers vs supervised and mixed; mixed4 vs
-supervised5) and writes ``pass_at_1.png``
+supervised5; prm_prompt vs outcome and prm) and writes ``pass_at_1.png``
 beside this file. ``--save`` keeps each run directory's arm in ``results/`` (see experiments/arms.py).
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ import arms  # noqa: E402  (experiments/arms.py, shared by the experiments' repo
 # The comparisons issue 25 asks for, printed when both arms are given (ARM minus OTHER).
 COMPARE = ["mixed:supervised", "mixed:outcome", "outcome:supervised", "prm:outcome", "repair:outcome",
            "checked:repair", "checked:outcome", "mixed4:supervised", "mixed4:mixed", "answers:supervised",
-           "answers:mixed", "mixed4:supervised5", "supervised5:supervised"]
+           "answers:mixed", "mixed4:supervised5", "supervised5:supervised", "prm_prompt:outcome",
+           "prm_prompt:prm"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ def score_heldout(recipe: Recipe, run: RunDir, iteration: int, judged: pd.DataFr
 
     sampled = judged[judged["mode"] == "sampled"]
     prm, reference = prm_after(recipe, run, iteration), reference_model(recipe)
-    scored, stats = score_frame(sampled, prm, reference, recipe.prm, f"eval iter {iteration} (PRM)",
+    scored, stats = score_frame(sampled, prm, reference, recipe.prm, f"eval iter {iteration}",
                                 engine=recipe.engine)
     merged = judged.copy()
     for column in [c for c in scored.columns if c.startswith("prm__")]:

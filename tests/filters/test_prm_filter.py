@@ -1,4 +1,5 @@
-"""The implicit_prm filter on literal samples: threshold, top-k per prompt, quantile, and its errors."""
+"""The implicit_prm filter on literal samples: threshold, top-k per prompt, quantile (of the iteration or of each
+prompt), and its errors."""
 from __future__ import annotations
 
 import pandas as pd
@@ -66,6 +67,16 @@ def test_quantile_keeps_scores_at_or_above_it():
     assert keep == [True, True, True, True, True, False, True]
 
 
+def test_prompt_quantile_cuts_within_each_prompt_and_never_empties_one():
+    # a: considered -0.5, 0.2, 0.1 (0.5-quantile 0.1); b: only -0.1 is scored, so it is its own quantile
+    keep, reason, _ = verdict(ImplicitPRMFilter(mode="prompt_quantile", quantile=0.5))
+    assert keep == [False, True, True, True, True, False, True]
+    assert reason == ["below_prompt_quantile", "above_prompt_quantile", "above_prompt_quantile", "not_considered",
+                      "above_prompt_quantile", "unscored", "not_considered"]
+    # the iteration-wide quantile (0.0 here) drops prompt b's only correct sample with it
+    assert verdict(ImplicitPRMFilter(mode="quantile", quantile=0.5))[0][4] is False
+
+
 def test_in_a_pipeline_after_keep_correct():
     table, stats = run_pipeline(samples(), [("keep_correct", KeepCorrect()),
                                             ("implicit_prm", ImplicitPRMFilter(threshold=0.0))], seed=0)
@@ -81,7 +92,7 @@ def test_missing_prm_columns_say_the_recipe_needs_a_prm_section():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"mode": "best"}, "mode must be one of threshold, top_k, quantile, got 'best'"),
+    ({"mode": "best"}, "mode must be one of threshold, top_k, quantile, prompt_quantile, got 'best'"),
     ({"aggregate": "max"}, "aggregate must be one of min, mean, sum, last_q, got 'max'"),
     ({"top_k": 0}, "top_k must be an integer >= 1, got 0"),
     ({"quantile": 1.5}, r"quantile must be in \[0, 1\], got 1.5"),
