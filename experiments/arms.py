@@ -20,13 +20,15 @@ from typing import Any
 import pandas as pd
 
 from rest.data.grown import is_original
+from rest.metrics import PRM_EVAL_METRICS
 from rest.report.summary import iteration_rows
 from rest.run.rundir import RunDir
 
 METRICS = ("pass@1", "pass@1_sampled", "pass@4", "maj@4")
 PHASES = ("sample", "verify", "prm", "select", "train", "eval")
-# The PRM arm's held-out PRM figures: AUROC vs outcome correctness, and picking one of the 4 samples per problem.
-PRM_METRICS = ("prm_auroc", "best_of_n_prm", "prm_weighted_vote", "best_of_n_majority", "best_of_n_random")
+# The PRM arm's held-out PRM figures: AUROC vs outcome correctness (over all samples and within each problem), and
+# picking one of the 4 samples per problem.
+PRM_METRICS = PRM_EVAL_METRICS
 # Per-problem verdicts an arm keeps for pairing: eval mode -> key in an iteration's entry.
 VERDICTS = {"greedy": "greedy", "sampled": "sampled"}
 
@@ -60,6 +62,24 @@ def kept_by_origin(run: RunDir, iteration: int) -> dict[str, Any] | None:
             "prompts": int(kept["prompt_id"].nunique())}
 
 
+def within_prompt_backfill(run: RunDir, iteration: int, evaluation: dict) -> dict:
+    """``prm_auroc_within_prompt`` (+ stderr) from the evaluation's scored samples, for evaluations that ran
+    before the loop reported it; empty where it is reported or there is no PRM score to compute it from."""
+    from rest.prm.quality import within_prompt_auroc
+
+    column = f"prm__{evaluation.get('prm_aggregate')}"
+    path = run.eval_dir(iteration) / "samples.parquet"
+    if "prm_auroc_within_prompt" in evaluation or evaluation.get("prm_auroc") is None or not path.is_file():
+        return {}
+    samples = pd.read_parquet(path)
+    judged = samples[(samples["mode"] == "sampled") & samples["correct"].notna()]
+    if column not in judged.columns:
+        return {}
+    value, stderr, _ = within_prompt_auroc(judged[column].astype(float).tolist(),
+                                           judged["correct"].astype(bool).tolist(), judged["prompt_id"].tolist())
+    return {"prm_auroc_within_prompt": value, "prm_auroc_within_prompt_stderr": stderr}
+
+
 def arm_from_run(path: Path) -> Arm:
     """An arm's finished iterations as read from its run directory (named after the folder)."""
     run = RunDir(path)
@@ -69,7 +89,10 @@ def arm_from_run(path: Path) -> Arm:
         if not run.is_done(k, "eval"):  # an iteration stopped part-way has no results to report
             continue
         sample, evaluation = run.read_stats(k, "sample"), run.read_stats(k, "eval")
+        evaluation = {**within_prompt_backfill(run, k, evaluation), **evaluation}
         row.update({m: evaluation[m] for m in PRM_METRICS if evaluation.get(m) is not None and m not in row})
+        row.update({f"{m}_stderr": evaluation[f"{m}_stderr"] for m in PRM_METRICS
+                    if evaluation.get(f"{m}_stderr") is not None and f"{m}_stderr" not in row})
         tokens = (sample.get("generated_tokens") or 0) + (evaluation.get("generated_tokens") or 0)
         entry = {"row": row, "tokens": tokens, "kept_by_origin": kept_by_origin(run, k) if k else None}
         entry.update({key: verdicts(run, k, mode) for mode, key in VERDICTS.items()})

@@ -87,14 +87,19 @@ def main() -> None:
     print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}))
 
 
-def separation(result: dict, name: str, scores, correct) -> None:
-    """AUROC of ``scores`` against ``correct`` with its Hanley-McNeil standard error, into ``result``."""
-    from rest.prm.quality import auroc, hanley_mcneil_stderr
+def separation(result: dict, name: str, scores, correct, prompts) -> None:
+    """AUROC of ``scores`` against ``correct`` with its Hanley-McNeil standard error, and the same within each
+    problem (``prompts``: separating answers, not problems by difficulty), into ``result``."""
+    from rest.prm.quality import auroc, hanley_mcneil_stderr, within_prompt_auroc
 
     auc = auroc(list(scores), list(correct))
     positives = int(sum(correct))
     result[f"auroc_{name}"] = round(auc, 4)
     result[f"auroc_{name}_stderr"] = round(hanley_mcneil_stderr(auc, positives, len(correct) - positives), 4)
+    within, stderr, count = within_prompt_auroc(list(scores), list(correct), list(prompts))
+    result[f"auroc_within_prompt_{name}"] = None if within is None else round(within, 4)
+    result[f"auroc_within_prompt_{name}_stderr"] = None if stderr is None else round(stderr, 4)
+    result["prompts_with_both_classes"] = count
 
 
 def picks(result: dict, frame: pd.DataFrame, score: str, name: str) -> None:
@@ -135,7 +140,7 @@ def head_scores(directory: Path, plan, chosen: pd.DataFrame) -> dict:
     result = {"head": str(directory), "head_s": round(time.perf_counter() - started, 1)}
     correct = frame["correct"].eq(True).tolist()
     for name in ("head_min_advantage", "head_q_before_last", "head_q_final"):
-        separation(result, name, frame[name], correct)
+        separation(result, name, frame[name], correct, frame["prompt_id"])
     picks(result, frame, "head_q_final", "best_of_n_head_q_final")
     return result
 
@@ -175,7 +180,7 @@ def monte_carlo(args, recipe, plan, chosen: pd.DataFrame, samples: pd.DataFrame,
               "rollout_tokens": int(rollouts["rollout_tokens"].sum()), "rollout_s": round(rollout_s, 1),
               "steps_per_sample": float(valued["pav__steps"].mean())}
     for name in ("q_before_last", "min_advantage_before_last", "q0"):
-        separation(result, name, valued[name], correct)
+        separation(result, name, valued[name], correct, valued["prompt_id"])
     picks(result, valued, "q_before_last", "best_of_n_q_before_last")
     return result
 

@@ -8,8 +8,9 @@ from typing import Sequence
 # The held-out metrics' names, declared once: evaluation writes them, ``loop.metric`` must be one of them.
 PASS_AT_1 = "pass@1"  # greedy
 PASS_AT_1_SAMPLED = "pass@1_sampled"  # mean over the evaluation's samples
-PRM_EVAL_METRICS = ("prm_auroc", "best_of_n_prm", "prm_weighted_vote", "best_of_n_majority", "best_of_n_random")
-PAV_EVAL_METRICS = ("pav_auroc", "best_of_n_pav")  # with a trained PAV head (pav.head)
+PRM_EVAL_METRICS = ("prm_auroc", "prm_auroc_within_prompt", "best_of_n_prm", "prm_weighted_vote", "best_of_n_majority",
+                    "best_of_n_random")
+PAV_EVAL_METRICS = ("pav_auroc", "pav_auroc_within_prompt", "best_of_n_pav")  # with a trained PAV head (pav.head)
 PAV_SEARCH_METRICS = ("pav_search", "pav_search_best_of_n", "pav_search_minus_best_of_n")  # with pav.search
 
 

@@ -3,7 +3,8 @@
 No rollouts and no gold answer: each answer is cut into steps (the pav section's splitter), the head
 predicts Q of every prefix p_0 .. p_T from the base model's hidden states, and the answer's predicted
 worst advantage is its score. Metrics: ``pav_auroc`` (that score against correctness, Hanley-McNeil
-standard error) and ``best_of_n_pav`` (per problem, the answer with the highest predicted Q of the whole).
+standard error), ``pav_auroc_within_prompt`` (the same among each problem's answers only) and
+``best_of_n_pav`` (per problem, the answer with the highest predicted Q of the whole).
 With ``pav.search``, :func:`search_heldout` also runs the head-guided beam search against best-of-N.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rest.pav.head import (
     predicted_values,
     prefix_positions,
 )
-from rest.prm.quality import auroc, best_of_n_prm, hanley_mcneil_stderr
+from rest.prm.quality import auroc, best_of_n_prm, hanley_mcneil_stderr, within_prompt_auroc
 from rest.prm.steps import StepSplitter, step_ends
 from rest.recipe.schema import PavSearchConfig, Recipe, SamplingConfig
 from rest.run.rundir import RunDir
@@ -73,6 +74,8 @@ def score_heldout(recipe: Recipe, run: RunDir, iteration: int, judged: pd.DataFr
         metrics["pav_auroc"], metrics["pav_auroc_stderr"] = auc, hanley_mcneil_stderr(auc, positives, negatives)
     else:
         metrics["pav_auroc"] = metrics["pav_auroc_stderr"] = None
+    metrics["pav_auroc_within_prompt"], metrics["pav_auroc_within_prompt_stderr"], _ = within_prompt_auroc(
+        scored[PREDICTED_MIN_ADVANTAGE].tolist(), labels, scored["prompt_id"].tolist())
     picks = [best_of_n_prm([q[-1] for q in group[PREDICTED_Q]], group["correct"].tolist())
              for _, group in scored.groupby("prompt_id", sort=False)]
     metrics["best_of_n_pav"], metrics["best_of_n_pav_stderr"] = mean_stderr(picks)

@@ -208,6 +208,7 @@ class EvalStats(TypedDict, total=False):
     prm_eval_samples: int
     prm_eval_correct: int
     prm_eval_unscored: int
+    prm_auroc_within_prompt_prompts: int  # held-out prompts with both correct and incorrect samples
     pav_head: str  # the PAV head that scored the held-out answers (pav.head with eval samples)
     pav_eval_samples: int
     pav_eval_correct: int

@@ -56,6 +56,33 @@ def hanley_mcneil_stderr(auc: float, positives: int, negatives: int) -> float:
     return math.sqrt(max(variance, 0.0))
 
 
+def within_prompt_auroc(scores: Sequence[float], labels: Sequence[bool], prompts: Sequence[str]
+                        ) -> tuple[float | None, float | None, int]:
+    """AUROC over (correct, incorrect) pairs of the same prompt only, with its stderr and the number of prompts
+    that have both classes: how well the scores rank one problem's answers, which is what best-of-N and a
+    filter among a prompt's samples need. The plain AUROC also rewards scores that only rank problems by
+    difficulty. Ties count a half; unscored (NaN) samples are left out; the stderr treats prompts as clusters
+    (the pair-weighted spread of their own AUROCs). (None, None, 0) when no prompt has both classes."""
+    frame = pd.DataFrame({"score": list(scores), "label": list(labels), "prompt": list(prompts)})
+    frame = frame.dropna(subset=["score"])
+    wins, weights = [], []
+    for _, group in frame.groupby("prompt", sort=False):
+        positive = group.loc[group["label"].astype(bool), "score"].to_numpy()
+        negative = group.loc[~group["label"].astype(bool), "score"].to_numpy()
+        if len(positive) and len(negative):
+            diff = positive[:, None] - negative[None, :]
+            wins.append(float((diff > 0).sum() + 0.5 * (diff == 0).sum()))
+            weights.append(float(diff.size))
+    if not weights:
+        return None, None, 0
+    value = sum(wins) / sum(weights)
+    count = len(weights)
+    if count < 2:
+        return value, None, count
+    spread = sum((w * (c / w - value)) ** 2 for c, w in zip(wins, weights))
+    return value, math.sqrt(spread * count / (count - 1)) / sum(weights), count
+
+
 def best_of_n_prm(scores: Sequence[float], correct: Sequence[bool | None]) -> float:
     """Correctness of the response with the highest PRM score (ties: the expected value of a random pick
     among them; a missing score never wins)."""
@@ -95,7 +122,8 @@ def best_of_n_random(correct: Sequence[bool | None]) -> float:
 
 
 def prm_eval_metrics(samples: pd.DataFrame, score_column: str) -> dict:
-    """AUROC (and its Hanley-McNeil stderr) of ``score_column`` vs ``correct`` over all judged samples, and
+    """AUROC (and its Hanley-McNeil stderr) of ``score_column`` vs ``correct`` over all judged samples, the same
+    within each prompt (:func:`within_prompt_auroc`), and
     accuracy per prompt of best-of-N by PRM score, PRM-weighted vote, majority vote (``answer``) and random
     pick, with stderrs.
 
@@ -115,6 +143,10 @@ def prm_eval_metrics(samples: pd.DataFrame, score_column: str) -> dict:
         metrics["prm_auroc"], metrics["prm_auroc_stderr"] = auc, hanley_mcneil_stderr(auc, positives, negatives)
     else:
         metrics["prm_auroc"] = metrics["prm_auroc_stderr"] = None
+    within = within_prompt_auroc(scores[scored].tolist(), labels[scored].tolist(),
+                                 judged.loc[scored, "prompt_id"].tolist())
+    (metrics["prm_auroc_within_prompt"], metrics["prm_auroc_within_prompt_stderr"],
+     metrics["prm_auroc_within_prompt_prompts"]) = within
     per_prompt: dict[str, list[float]] = {"best_of_n_prm": [], "prm_weighted_vote": [], "best_of_n_majority": [],
                                           "best_of_n_random": []}
     for _, group in samples.sort_values("sample_index").groupby("prompt_id", sort=False):

@@ -50,6 +50,11 @@ def test_sampled_answers_get_predicted_values_and_the_metrics_follow_from_them(l
     worst = [min(np.diff(predicted[i])) for i in (1, 2, 3, 4)]
     np.testing.assert_allclose(scored["pav__predicted_min_advantage"][[1, 2, 3, 4]], worst, rtol=1e-9)
     assert metrics["pav_auroc"] == pytest.approx(auroc(worst, [True, False, False, True]))
+    # within a prompt: a's correct answer against its wrong one, b's likewise (one pair each)
+    def won(right, wrong):
+        return 1.0 if right > wrong else 0.5 if right == wrong else 0.0
+
+    assert metrics["pav_auroc_within_prompt"] == pytest.approx((won(worst[0], worst[1]) + won(worst[3], worst[2])) / 2)
     assert metrics["pav_eval_samples"] == 4 and metrics["pav_eval_correct"] == 2
     a = 1.0 if predicted[1][-1] > predicted[2][-1] else 0.0  # the answer with the higher Q of the whole is picked
     b = 1.0 if predicted[4][-1] > predicted[3][-1] else 0.0

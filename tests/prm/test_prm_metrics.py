@@ -13,6 +13,7 @@ from rest.prm.quality import (
     hanley_mcneil_stderr,
     prm_eval_metrics,
     prm_weighted_vote,
+    within_prompt_auroc,
 )
 
 
@@ -81,6 +82,27 @@ def test_prm_eval_metrics_on_a_literal_frame():
     assert metrics["prm_weighted_vote"] == 0.5 and metrics["prm_weighted_vote_stderr"] == pytest.approx(0.5)
     assert metrics["best_of_n_random"] == pytest.approx((1 / 4 + 1 / 4) / 2)
     assert metrics["best_of_n_prm_stderr"] == pytest.approx(0.5)
+    # within a prompt: a's correct 0.5 beats its 3 wrong ones (3 of 3), b's -0.5 beats neither 0.1 nor -0.2 (0 of 2)
+    assert metrics["prm_auroc_within_prompt"] == pytest.approx(3 / 5)
+    assert metrics["prm_auroc_within_prompt_prompts"] == 2
+
+
+def test_within_prompt_auroc_ignores_how_hard_each_problem_is():
+    """Scores that only rank problems (every answer to an easy one above every answer to a hard one) separate
+    correct from incorrect across problems, yet say nothing within one: 0.5 there, and 1.0 once they do."""
+    prompts = ["easy"] * 4 + ["hard"] * 4
+    correct = [True, True, True, False, True, False, False, False]
+    difficulty = [1.0] * 4 + [0.0] * 4
+    assert auroc(difficulty, correct) == pytest.approx(0.75)
+    assert within_prompt_auroc(difficulty, correct, prompts) == (pytest.approx(0.5), pytest.approx(0.0), 2)
+    informed = [d + 0.1 * c for d, c in zip(difficulty, correct)]
+    assert within_prompt_auroc(informed, correct, prompts)[0] == pytest.approx(1.0)
+    # pairs weigh: easy has 3 pairs (all won), hard 3 (all lost) -> 0.5, stderr from the spread between prompts
+    mixed = [d + 0.1 * c if p == "easy" else d - 0.1 * c for d, c, p in zip(difficulty, correct, prompts)]
+    value, stderr, count = within_prompt_auroc(mixed, correct, prompts)
+    assert (value, count) == (pytest.approx(0.5), 2) and stderr == pytest.approx(0.5)
+    assert within_prompt_auroc([0.1, 0.2], [True, True], ["a", "a"]) == (None, None, 0), "no prompt has both"
+    assert within_prompt_auroc([float("nan"), 0.2, 0.1], [True, False, True], ["a"] * 3)[0] == 0.0, "NaN unscored"
 
 
 def test_prm_eval_metrics_with_one_class_has_no_auroc():
