@@ -14,6 +14,7 @@ reference); the reference is the built-in model, the sampling policy.
 - ``ours``: ``rest.prm.score.score_frame`` as the ``prm_score`` phase calls it (prompt KV reuse,
   length-sorted batches, gathered logprobs, the sampler's logprobs as the reference's).
 - ``ours_no_reuse``: the same without the sampler's logprobs (both models run).
+- ``ours_no_shared_start``: ``ours`` with the start every prompt shares run once per prompt, not once in all.
 - ``ours_vllm`` (``--vllm``): the vLLM backend (prefill ``prompt_logprobs``, both models).
 
 Throughput = completion tokens whose reward was computed, per second; loading models (start-up) is
@@ -120,6 +121,18 @@ def ours(samples: pd.DataFrame, prm: str, reference: str, beta: float, **cfg) ->
     return [np.asarray(r) for r in frame["prm__token_rewards"]], stats
 
 
+def ours_no_shared_start(samples: pd.DataFrame, prm: str, reference: str, beta: float, **cfg):
+    """rest-em's scorer with the start all prompts share (few-shot examples, a system prompt) run per prompt."""
+    import rest.prm.logprobs as logprobs
+
+    saved = logprobs._MIN_SHARED_START
+    logprobs._MIN_SHARED_START = 10**9
+    try:
+        return ours(samples, prm, reference, beta, **cfg)
+    finally:
+        logprobs._MIN_SHARED_START = saved
+
+
 def timed(name: str, fn, *args, **kwargs) -> tuple[list[np.ndarray], dict]:
     busy0, total0 = cpu_times()
     rewards, stats = fn(*args, **kwargs)
@@ -162,7 +175,8 @@ def main() -> int:
     figures.update(samples=len(samples), prompts=int(samples["prompt_id"].nunique()), completion_tokens=tokens,
                    prompt_tokens_mean=round(float(samples["prompt_token_ids"].map(len).mean()), 1),
                    completion_tokens_mean=round(tokens / len(samples), 1))
-    passes = {"naive": (naive, {}), "ours": (ours, {}), "ours_no_reuse": (ours, {"reuse_sampler_logprobs": False})}
+    passes = {"naive": (naive, {}), "ours": (ours, {}), "ours_no_reuse": (ours, {"reuse_sampler_logprobs": False}),
+              "ours_no_shared_start": (ours_no_shared_start, {})}
     if args.vllm:
         passes["ours_vllm"] = (ours, {"backend": "vllm"})
     results: dict[str, list[dict]] = {name: [] for name in passes}

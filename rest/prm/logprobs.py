@@ -2,6 +2,7 @@
 
 What makes it cheaper than a plain forward pass per sample (all measured in experiments/bench_prm.py):
 - the prompt, shared by the n samples of a prompt, runs once; its KV cache serves every completion;
+- the start every prompt shares (a system prompt, few-shot examples) runs once for all of them;
 - completions of a prompt are batched only with others of similar length (little padding);
 - only the sampled token's logprob is computed, ``logit[y] - logsumexp(logits)``, a few rows at a
   time, never the full ``[batch, length, vocab]`` log-softmax.
@@ -53,9 +54,13 @@ def completion_logprobs(
                 if bar is not None:
                     bar.advance(1, tokens=len(completion))
             return out  # type: ignore[return-value]
-        for prompt, members in _by_prompt(requests).items():
+        groups = _by_prompt(requests)
+        shared = _shared_start(list(groups))
+        start = (len(shared), model.base_model(input_ids=torch.tensor([shared]), use_cache=True).past_key_values
+                 ) if shared else (0, None)
+        for prompt, members in groups.items():
             for i, lp in _score_group(model, list(prompt), [(i, list(requests[i][1])) for i in members],
-                                      batch_tokens, bar):
+                                      batch_tokens, bar, start):
                 out[i] = lp
     return out  # type: ignore[return-value]
 
@@ -67,20 +72,40 @@ def _by_prompt(requests: Sequence[Request]) -> dict[tuple[int, ...], list[int]]:
     return groups
 
 
+# A start shared by every prompt is run once when it is at least this long (shorter ones save nothing).
+_MIN_SHARED_START = 16
+
+
+def _shared_start(prompts: list[tuple[int, ...]]) -> list[int]:
+    """The longest start common to every prompt but its last token (which each completion batch feeds), or []
+    when there is one prompt or the start is shorter than ``_MIN_SHARED_START``."""
+    if len(prompts) < 2:
+        return []
+    heads = [p[:-1] for p in prompts]
+    length = 0
+    for column in zip(*heads):
+        if any(t != column[0] for t in column):
+            break
+        length += 1
+    return list(heads[0][:length]) if length >= _MIN_SHARED_START else []
+
+
 def _score_group(
-    model: Any, prompt: list[int], members: list[tuple[int, list[int]]], batch_tokens: int, bar: Any
+    model: Any, prompt: list[int], members: list[tuple[int, list[int]]], batch_tokens: int, bar: Any,
+    start: tuple[int, Any] = (0, None),
 ) -> list[tuple[int, np.ndarray]]:
-    """Score the completions of one prompt: the prompt (but its last token) runs once, then batches."""
+    """Score the completions of one prompt: the prompt (but its last token) runs once, then batches.
+    ``start``: (length, KV cache) of a start of the prompt already run, which the prompt continues."""
     import torch
 
     if not prompt:
         raise ValueError("a sample has an empty prompt_token_ids: the first completion token has no context")
     results = [(i, np.zeros(0, np.float32)) for i, c in members if not c]
     members = sorted([(i, c) for i, c in members if c], key=lambda m: -len(m[1]))
-    cache = None
-    if len(prompt) > 1:
-        head = torch.tensor([prompt[:-1]])
-        cache = model.base_model(input_ids=head, use_cache=True).past_key_values
+    done, cache = start[0], copy.deepcopy(start[1]) if start[1] is not None else None
+    if len(prompt) - 1 > done:
+        head = torch.tensor([prompt[done:-1]])
+        cache = model.base_model(input_ids=head, past_key_values=cache, use_cache=True).past_key_values
     # Each completion is fed as [last prompt token, y_1 .. y_{T-1}], so position t predicts y_t.
     for batch in _batches([len(c) for _, c in members], batch_tokens):
         rows = [members[j] for j in batch]

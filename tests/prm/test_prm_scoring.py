@@ -87,6 +87,35 @@ def test_kv_reuse_and_batching_do_not_change_results(tiny_lm, tiny_prm):
     assert list(shared.columns) == list(samples.columns) + list(COLUMNS)
 
 
+def test_a_start_every_prompt_shares_runs_once_and_changes_nothing(tiny_lm, monkeypatch):
+    """Few-shot prompts share a long start: it runs once for all prompts, each prompt continues its KV cache,
+    and the log-probs equal one plain forward pass per sample."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import rest.prm.logprobs as logprobs
+
+    rng = np.random.default_rng(3)
+    start = [0, *(int(t) for t in rng.integers(10, 40, logprobs._MIN_SHARED_START + 4))]
+    questions = [[11, 12], [13], [14, 15, 16], [11, 12, 17]]  # the last continues the first's question
+    prompts = [start + q for q in questions]
+    requests = [(p, [int(t) for t in rng.integers(10, 40, n)] + [1]) for p in prompts for n in (2, 5)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval()
+    fed: list[int] = []
+    model.base_model.register_forward_pre_hook(lambda _, args, kwargs: fed.append(kwargs["input_ids"].numel()),
+                                               with_kwargs=True)
+    shared = logprobs.completion_logprobs(model, requests)
+    assert fed[0] == len(start), "the shared start ran first, once"
+    with_start = sum(fed)
+    fed.clear()
+    monkeypatch.setattr(logprobs, "_MIN_SHARED_START", 10_000)  # every prompt runs from its beginning
+    alone = logprobs.completion_logprobs(model, requests)
+    assert sum(fed) - with_start == (len(prompts) - 1) * len(start), "the start ran once instead of per prompt"
+    for (prompt, completion), got, reference in zip(requests, shared, alone):
+        np.testing.assert_allclose(got, direct_logprobs(tiny_lm, prompt, completion), atol=1e-5)
+        np.testing.assert_allclose(got, reference, atol=1e-5)
+
+
 def test_samples_over_max_length_are_left_unscored(tiny_lm, tiny_prm):
     samples = tiny_samples()  # lengths (prompt + completion): 9, 13, 17 and 11, 15, 19
     samples["policy"] = tiny_lm
