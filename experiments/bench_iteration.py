@@ -78,13 +78,11 @@ def phase_rows(run_dir: Path) -> dict[str, dict]:
 
 
 def engine(recipe, model: str, dtype: str | None = None):
-    from vllm import LLM
+    """One ``vllm.LLM`` with the recipe's engine options (a floor is one engine, whatever ``engine.replicas``)."""
+    from rest.engines.generation import start_engine
 
-    from rest.engines.generation import engine_options
-
-    cfg = recipe.engine if dtype is None else recipe.engine.model_copy(update={"dtype": dtype})
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.cpu_kvcache_gib))))
-    return LLM(**engine_options(cfg, model, recipe.seed))
+    return start_engine(recipe.engine.model_copy(update={"replicas": 1, **({"dtype": dtype} if dtype else {})}),
+                        model, recipe.seed)
 
 
 def generate_floor(recipe, model: str, prompts: list[list[int]], requests: list) -> tuple[float, int]:
