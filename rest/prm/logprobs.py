@@ -24,12 +24,13 @@ _MAX_PADDING = 0.2
 
 
 def load_scoring_model(path: str, dtype: str) -> Any:
-    """A causal LM in evaluation mode with weights in ``dtype`` (float32 or bfloat16)."""
+    """A causal LM in evaluation mode with weights in ``dtype`` (float32 or bfloat16), on the GPU when there is one.
+    Every tensor below is made on ``model.device``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    return model.eval()
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def completion_logprobs(
@@ -56,8 +57,10 @@ def completion_logprobs(
             return out  # type: ignore[return-value]
         groups = _by_prompt(requests)
         shared = _shared_start(list(groups))
-        start = (len(shared), model.base_model(input_ids=torch.tensor([shared]), use_cache=True).past_key_values
-                 ) if shared else (0, None)
+        start: tuple[int, Any] = (0, None)
+        if shared:
+            head = torch.tensor([shared], device=model.device)
+            start = (len(shared), model.base_model(input_ids=head, use_cache=True).past_key_values)
         for prompt, members in groups.items():
             for i, lp in _score_group(model, list(prompt), [(i, list(requests[i][1])) for i in members],
                                       batch_tokens, bar, start):
@@ -104,23 +107,23 @@ def _score_group(
     members = sorted([(i, c) for i, c in members if c], key=lambda m: -len(m[1]))
     done, cache = start[0], copy.deepcopy(start[1]) if start[1] is not None else None
     if len(prompt) - 1 > done:
-        head = torch.tensor([prompt[done:-1]])
+        head = torch.tensor([prompt[done:-1]], device=model.device)
         cache = model.base_model(input_ids=head, past_key_values=cache, use_cache=True).past_key_values
     # Each completion is fed as [last prompt token, y_1 .. y_{T-1}], so position t predicts y_t.
     for batch in _batches([len(c) for _, c in members], batch_tokens):
         rows = [members[j] for j in batch]
         width = len(rows[0][1])
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        ids = torch.zeros((len(rows), width), dtype=torch.long, device=model.device)
         for r, (_, c) in enumerate(rows):
-            ids[r, : len(c)] = torch.tensor([prompt[-1]] + c[:-1])
+            ids[r, : len(c)] = torch.tensor([prompt[-1]] + c[:-1], device=model.device)
         past = None
         if cache is not None:
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(rows))
         hidden = model.base_model(input_ids=ids, past_key_values=past, use_cache=cache is not None).last_hidden_state
         lengths = [len(c) for _, c in rows]
-        mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-        targets = torch.tensor([t for _, c in rows for t in c])
+        mask = torch.arange(width, device=model.device)[None, :] < torch.tensor(lengths, device=model.device)[:, None]
+        targets = torch.tensor([t for _, c in rows for t in c], device=model.device)
         lp = _gather_logprobs(model, hidden[mask], targets)
         for (i, _), piece in zip(rows, np.split(lp, np.cumsum(lengths)[:-1])):
             results.append((i, piece))
@@ -153,9 +156,9 @@ def _plain(model: Any, prompt: list[int], completion: list[int]) -> np.ndarray:
         return np.zeros(0, np.float32)
     if not prompt:
         raise ValueError("a sample has an empty prompt_token_ids: the first completion token has no context")
-    ids = torch.tensor([prompt + completion[:-1]])
+    ids = torch.tensor([prompt + completion[:-1]], device=model.device)
     hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0, len(prompt) - 1 :]
-    return _gather_logprobs(model, hidden, torch.tensor(completion))
+    return _gather_logprobs(model, hidden, torch.tensor(completion, device=model.device))
 
 
 def _gather_logprobs(model: Any, hidden: Any, targets: Any) -> np.ndarray:
@@ -171,4 +174,4 @@ def _gather_logprobs(model: Any, hidden: Any, targets: Any) -> np.ndarray:
             logits = torch.tanh(logits / cap) * cap
         picked = logits.gather(1, targets[start : start + _HEAD_ROWS, None])[:, 0]
         pieces.append(picked - torch.logsumexp(logits, dim=1))
-    return torch.cat(pieces).numpy().astype(np.float32) if pieces else np.zeros(0, np.float32)
+    return torch.cat(pieces).cpu().numpy().astype(np.float32) if pieces else np.zeros(0, np.float32)

@@ -83,7 +83,8 @@ def train_prm(model, train: PrmTrainSet, ref_logps, cfg: PrmConfig, seed: int, b
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=0.0)
-    labels = torch.tensor(train.frame["label"].to_numpy(), dtype=torch.float64)
+    labels = torch.tensor(train.frame["label"].to_numpy(), dtype=torch.float64, device=model.device)
+    ref_logps = ref_logps.to(model.device)
     ids, prompt_lens = list(train.frame["input_ids"]), list(train.frame["prompt_len"])
 
     def logp(row: int):
