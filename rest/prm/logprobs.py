@@ -56,7 +56,7 @@ def completion_logprobs(
                     bar.advance(1, tokens=len(completion))
             return out  # type: ignore[return-value]
         groups = _by_prompt(requests)
-        shared = _shared_start(list(groups))
+        shared = shared_start(list(groups))
         start: tuple[int, Any] = (0, None)
         if shared:
             head = torch.tensor([shared], device=model.device)
@@ -79,7 +79,7 @@ def _by_prompt(requests: Sequence[Request]) -> dict[tuple[int, ...], list[int]]:
 _MIN_SHARED_START = 16
 
 
-def _shared_start(prompts: list[tuple[int, ...]]) -> list[int]:
+def shared_start(prompts: Sequence[Sequence[int]]) -> list[int]:
     """The longest start common to every prompt but its last token (which each completion batch feeds), or []
     when there is one prompt or the start is shorter than ``_MIN_SHARED_START``."""
     if len(prompts) < 2:
@@ -162,7 +162,13 @@ def _plain(model: Any, prompt: list[int], completion: list[int]) -> np.ndarray:
 
 
 def _gather_logprobs(model: Any, hidden: Any, targets: Any) -> np.ndarray:
-    """logit[target] - logsumexp(logits) per row, through the model's output head a block at a time."""
+    """``token_logprobs`` as a float32 array."""
+    return token_logprobs(model, hidden, targets).cpu().numpy().astype(np.float32)
+
+
+def token_logprobs(model: Any, hidden: Any, targets: Any) -> Any:
+    """logit[target] - logsumexp(logits) per row of hidden states, through the model's output head a block of
+    rows at a time (float32; differentiable when ``hidden`` is)."""
     import torch
 
     head = model.get_output_embeddings()
@@ -174,4 +180,4 @@ def _gather_logprobs(model: Any, hidden: Any, targets: Any) -> np.ndarray:
             logits = torch.tanh(logits / cap) * cap
         picked = logits.gather(1, targets[start : start + _HEAD_ROWS, None])[:, 0]
         pieces.append(picked - torch.logsumexp(logits, dim=1))
-    return torch.cat(pieces).cpu().numpy().astype(np.float32) if pieces else np.zeros(0, np.float32)
+    return torch.cat(pieces) if pieces else torch.zeros(0, device=hidden.device)

@@ -2,8 +2,8 @@
 
 Losses (Yuan et al. 2024), with r(y) = beta * (log pi_prm(y|x) - log pi_ref(y|x)) summed over the
 completion tokens: CE ``BCE(sigmoid(r(y)), correct)``, or DPO ``-log sigmoid(r(y_w) - r(y_l))`` on
-(correct, incorrect) pairs of one prompt. A plain AdamW loop: one sequence per forward pass, so no
-compute goes to padding.
+(correct, incorrect) pairs of one prompt. A plain AdamW loop; each step's samples run as one padded batch
+whose common prompt start runs once (``batch_logprobs``).
 """
 from __future__ import annotations
 
@@ -40,16 +40,40 @@ def dpo_loss(policy_chosen, ref_chosen, policy_rejected, ref_rejected, beta: flo
     return -F.logsigmoid(beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))).mean()
 
 
-def sequence_logprob(model, input_ids: list[int], prompt_len: int):
-    """Sum of log p(completion token | prompt, earlier tokens) under ``model``, the prompt ids as sampled."""
+def batch_logprobs(model, rows: list[tuple[list[int], int]]):
+    """Sum of each row's completion log-probs, differentiable, in one forward pass of the batch.
+
+    ``rows``: (input ids, prompt length). The start common to every row's prompt (few-shot examples, a system
+    prompt) runs once and its key-value cache is repeated for each row; gradients flow back through that
+    cache, so the result and its gradient are those of one pass per row. Rows are right-padded: with causal
+    attention a real token never sees the padding after it. Returns a float64 tensor, one value per row.
+    """
     import torch
 
-    ids = torch.tensor([input_ids], device=model.device)
-    completion = len(input_ids) - prompt_len
-    # Only the positions that predict completion tokens need the vocabulary projection.
-    logits = model(input_ids=ids, logits_to_keep=completion + 1).logits[0, :-1].float()
-    targets = ids[0, prompt_len:]
-    return (logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)).sum()
+    from rest.prm.logprobs import shared_start, token_logprobs
+
+    device = model.device
+    start = len(shared_start([ids[:n] for ids, n in rows]))
+    past = None
+    if start:
+        head = torch.tensor([rows[0][0][:start]], device=device)
+        past = model.base_model(input_ids=head, use_cache=True).past_key_values
+        past.batch_repeat_interleave(len(rows))
+    tails = [list(ids[start:]) for ids, _ in rows]
+    inputs = torch.zeros((len(rows), max(map(len, tails))), dtype=torch.long, device=device)
+    for r, tail in enumerate(tails):
+        inputs[r, : len(tail)] = torch.tensor(tail, device=device)
+    hidden = model.base_model(input_ids=inputs, past_key_values=past, use_cache=past is not None).last_hidden_state
+    # Token p of a row (p >= its prompt length) is predicted at position p - 1, which is p - 1 - start in its tail.
+    row_of, position, targets = [], [], []
+    for r, (ids, n) in enumerate(rows):
+        row_of += [r] * (len(ids) - n)
+        position += range(n - 1 - start, len(ids) - 1 - start)
+        targets += ids[n:]
+    picked = hidden[torch.tensor(row_of, device=device), torch.tensor(position, device=device)]
+    logps = token_logprobs(model, picked, torch.tensor(targets, device=device)).double()
+    sums = torch.zeros(len(rows), dtype=torch.float64, device=device)
+    return sums.index_add(0, torch.tensor(row_of, device=device), logps)
 
 
 def sequence_logprobs(model, frame: pd.DataFrame, bar=None):
@@ -85,32 +109,51 @@ def train_prm(model, train: PrmTrainSet, ref_logps, cfg: PrmConfig, seed: int, b
                                   weight_decay=0.0)
     labels = torch.tensor(train.frame["label"].to_numpy(), dtype=torch.float64, device=model.device)
     ref_logps = ref_logps.to(model.device)
-    ids, prompt_lens = list(train.frame["input_ids"]), list(train.frame["prompt_len"])
+    rows = [(list(ids), int(n)) for ids, n in zip(train.frame["input_ids"], train.frame["prompt_len"])]
 
-    def logp(row: int):
-        return sequence_logprob(model, list(ids[row]), int(prompt_lens[row])).double()
+    def loss_of(chunk: list) -> Any:  # summed over the chunk's items
+        used = sorted({r for item in chunk for r in _rows_of(item, cfg.loss)})
+        logp = dict(zip(used, batch_logprobs(model, [rows[r] for r in used])))
+        if cfg.loss == "dpo":
+            return sum(dpo_loss(logp[c], ref_logps[c], logp[r], ref_logps[r], cfg.beta) for c, r in chunk)
+        return sum(ce_loss(logp[i], ref_logps[i], labels[i], cfg.beta) for i in chunk)
 
     history = []
     for step, batch in enumerate(batches, start=1):
         optimiser.zero_grad(set_to_none=True)
-        total, tokens = 0.0, 0
-        for index in batch:  # gradient accumulation: one sequence (or pair) in memory at a time
-            if cfg.loss == "dpo":
-                chosen, rejected = items[index]
-                loss = dpo_loss(logp(chosen), ref_logps[chosen], logp(rejected), ref_logps[rejected], cfg.beta)
-                rows = (chosen, rejected)
-            else:
-                loss = ce_loss(logp(index), ref_logps[index], labels[index], cfg.beta)
-                rows = (index,)
+        members = [items[index] for index in batch]
+        total = 0.0
+        for chunk in _chunks(members, rows, cfg.loss, cfg.batch_tokens):  # gradient accumulation over chunks
+            loss = loss_of(chunk)
             (loss / len(batch)).backward()
             total += float(loss.detach())
-            tokens += sum(len(ids[r]) - int(prompt_lens[r]) for r in rows)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         history.append({"step": step, "loss": total / len(batch), "learning_rate": cfg.learning_rate})
         if bar is not None:
-            bar.advance(1, tokens=tokens)
+            bar.advance(1, tokens=sum(len(rows[r][0]) - rows[r][1] for m in members for r in _rows_of(m, cfg.loss)))
     return history
+
+
+def _rows_of(item, loss: str) -> tuple[int, ...]:
+    """The training rows of one item: a sample (ce) or a (correct, incorrect) pair (dpo)."""
+    return tuple(item) if loss == "dpo" else (item,)
+
+
+def _chunks(members: list, rows: list[tuple[list[int], int]], loss: str, batch_tokens: int) -> list[list]:
+    """The items of one optimiser step in consecutive chunks whose padded area (rows x longest row, in tokens)
+    stays within ``batch_tokens``; an item never straddles two chunks, and one too long forms its own."""
+    chunks: list[list] = []
+    width = count = 0
+    for item in members:
+        lengths = [len(rows[r][0]) for r in _rows_of(item, loss)]
+        if chunks and max(width, *lengths) * (count + len(lengths)) <= batch_tokens:
+            chunks[-1].append(item)
+            width, count = max(width, *lengths), count + len(lengths)
+        else:
+            chunks.append([item])
+            width, count = max(lengths), len(lengths)
+    return chunks
 
 
 def _epoch_order(count: int, epochs: float, seed: int) -> list[int]:

@@ -318,7 +318,8 @@ class PrmConfig(StepsConfig):
         "transformers", description="Scoring engine: transformers forward passes, or vLLM prompt_logprobs."
     )
     batch_tokens: int = Field(
-        4096, ge=16, description="Scoring (transformers): most padded completion tokens in one forward pass."
+        4096, ge=16, description="Most padded tokens in one forward pass: completion tokens when scoring "
+        "(transformers), whole samples in a PRM update step (a larger step runs in chunks, gradients accumulated)."
     )
     reuse_sampler_logprobs: bool = Field(
         True, description="Scoring: take the reference's logprobs from the E-step's `logprobs` column when the "

@@ -10,12 +10,12 @@ import pytest
 from rest.prm.checkpoints import prm_after
 from rest.prm.trainset import build_train_set
 from rest.prm.update import (
+    batch_logprobs,
     ce_loss,
     dpo_loss,
     load_causal_lm,
     prm_update_iteration,
     reward_margin,
-    sequence_logprob,
     sequence_logprobs,
     train_prm,
 )
@@ -57,17 +57,44 @@ def test_dpo_loss_literal_values():
     assert float(dpo_loss(t(-5.0), t(-15.0), t(-20.0), t(-10.0), 0.05)) == pytest.approx(math.log1p(math.exp(-1)))
 
 
-def test_sequence_logprob_matches_a_direct_computation(tiny_lm):
+def test_batch_logprobs_and_their_gradient_match_one_pass_per_row(tiny_lm, monkeypatch):
     import torch
 
+    from rest.prm import logprobs
+
+    monkeypatch.setattr(logprobs, "_MIN_SHARED_START", 3)
+    start = [4, 9, 17, 30]  # the start every prompt shares runs once for the batch
+    rows = [(start + [5, 6] + [2, 2, 11, 1], 6), (start + [7] + [3, 1], 5), (start + [5, 6] + [12], 6),
+            (start + [8, 8, 8] + [], 7)]  # different prompts and lengths, one empty completion
     model = load_causal_lm(tiny_lm, "float32")
-    prompt, completion = [4, 9, 17, 30], [2, 2, 11, 1]
-    with torch.no_grad():
-        got = float(sequence_logprob(model, prompt + completion, len(prompt)))
-        full = torch.log_softmax(model(torch.tensor([prompt + completion])).logits[0].float(), -1)
-    direct = sum(float(full[len(prompt) - 1 + i, token]) for i, token in enumerate(completion))
-    assert got == pytest.approx(direct, abs=1e-4)
-    assert got < 0
+    got = batch_logprobs(model, rows)
+    direct = []
+    for ids, n in rows:
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        direct.append(sum(logp[p - 1, ids[p]] for p in range(n, len(ids))) if len(ids) > n else logp.sum() * 0)
+    assert [float(v.detach()) for v in got] == pytest.approx([float(v.detach()) for v in direct], abs=1e-4)
+    assert float(got[3].detach()) == 0.0 and all(float(v.detach()) < 0 for v in got[:3])
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    grad_batched = torch.autograd.grad((got * weights).sum(), model.model.embed_tokens.weight)[0]
+    grad_direct = torch.autograd.grad(sum(w * d for w, d in zip(weights, direct)), model.model.embed_tokens.weight)[0]
+    assert float(grad_direct.abs().max()) > 1e-3
+    assert torch.allclose(grad_batched.double(), grad_direct.double(), atol=1e-4)
+
+
+def test_a_step_in_chunks_equals_the_step_in_one_batch(tiny_lm):
+    """A step whose samples exceed prm.batch_tokens runs in chunks with accumulated gradients: same update."""
+    import torch
+
+    train = build_train_set(toy_samples(prompts=2), "ce", max_samples=None, max_length=100, seed=0)
+    params = []
+    for batch_tokens in (4096, 16):  # 16: one sample per chunk
+        model = load_causal_lm(tiny_lm, "float32")
+        ref = sequence_logprobs(model, train.frame)
+        train_prm(model, train, ref, PrmConfig(learning_rate=1e-2, batch_size=8, batch_tokens=batch_tokens), seed=0)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert float((params[0] - params[1]).abs().max()) < 1e-5
+    assert float((params[0] - torch.cat([p.detach().flatten() for p in load_causal_lm(tiny_lm, "float32")
+                                         .parameters()])).abs().max()) > 1e-3, "the step moved the weights"
 
 
 @pytest.mark.parametrize("loss", ["ce", "dpo"])
