@@ -19,9 +19,13 @@ recipe's engine options (model loading and engine start-up excluded):
 The loop's overhead is the iteration's wall time outside its phases.
 
 ``--baseline "KEY=VALUE ..."`` first times the same iteration with those overrides (e.g. the recipe as it ran
-before a speed change) in its own run directory, and reports ``speedup_vs_baseline``. Run directories and the
+before a speed change) in its own run directory, and reports ``speedup_vs_baseline``; ``--baseline-commit SHA``
+runs that baseline with rest-em's code as it was at that commit (exported with ``git archive``, installed
+without dependencies under ``--work``, and put first on the baseline's ``PYTHONPATH``; the same environment
+otherwise). Both iterations run from ``--work`` with absolute recipe and data paths, so neither sees the
+checkout's ``rest/`` as the current directory. Run directories and the
 MLflow store go under ``--work`` (default: a temporary directory); rerun with the same ``--work`` to resume (a
-timed iteration is not timed again). The last line is one JSON object.
+timed iteration is not timed again; one stopped part-way is run again from its start). The last line is one JSON object.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,16 +59,34 @@ def cpu_name() -> str:
     return "unknown"
 
 
+def code_at(commit: str, work: Path) -> Path:
+    """rest-em at ``commit``, installed without dependencies under ``work``: on ``PYTHONPATH`` it shadows the
+    checkout's editable install."""
+    site = work / f"code-{commit}"
+    if (site / "rest").is_dir():
+        return site
+    tree = work / f"tree-{commit}"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site.with_suffix(".partial")), str(tree)], check=True)
+    site.with_suffix(".partial").rename(site)
+    return site
+
+
 def timed_iteration(recipe: str, overrides: list[str], run_dir: Path, env: dict) -> float:
     """Iteration 0 (untimed), then iteration 1 by ``rest run``: its wall time in seconds (kept beside the run
     directory, so that a rerun measures the floors without timing a resumed iteration)."""
     timing = run_dir.with_name(f"{run_dir.name}.iteration_s")
     if timing.is_file():
         return float(timing.read_text())
+    if run_dir.exists():  # an iteration stopped part-way: resuming it would time only its remainder
+        shutil.rmtree(run_dir)
     common = [*overrides, "loop.iterations=1", "--run-dir", str(run_dir)]
-    subprocess.run([REST, "eval", recipe, "--iteration", "0", *common], check=True, env=env, cwd=REPO)
+    subprocess.run([REST, "eval", recipe, "--iteration", "0", *common], check=True, env=env, cwd=run_dir.parent)
     started = time.perf_counter()
-    subprocess.run([REST, "run", recipe, *common], check=True, env=env, cwd=REPO)
+    subprocess.run([REST, "run", recipe, *common], check=True, env=env, cwd=run_dir.parent)
     seconds = time.perf_counter() - started
     timing.write_text(f"{seconds:.3f}\n")
     return seconds
@@ -214,24 +237,33 @@ def main() -> int:
     parser.add_argument("--train-steps", type=int, default=20, help="steps of each bare training loop")
     parser.add_argument("--work", type=Path, help="run directories and MLflow store (default: a temporary one)")
     parser.add_argument("--baseline", default="", help="overrides of the baseline iteration, timed first")
+    parser.add_argument("--baseline-commit", help="run the baseline iteration with the code of this commit")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     from rest.recipe.schema import load_recipe
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-iteration-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-iteration-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
     sized = [f"data.train_size={args.prompts}", f"sampling.n={args.n}", f"data.eval_size={args.eval_size}"]
     figures: dict = {"date": date.today().isoformat(), "cpu": cpu_name(), "cores": os.cpu_count(),
                      "recipe": args.recipe, "overrides": sized + args.overrides}
-    if args.baseline:
+    recipe_path = str(REPO / args.recipe)
+    data_path = load_recipe(recipe_path, args.overrides).data.path
+    if data_path and (REPO / data_path).exists():  # relative to the project root: absolute for runs from --work
+        sized.append(f"data.path={(REPO / data_path).resolve()}")
+    if args.baseline or args.baseline_commit:
         baseline = shlex.split(args.baseline)
         figures["baseline_overrides"] = baseline
-        figures["baseline_iteration_s"] = round(timed_iteration(args.recipe, sized + args.overrides + baseline,
-                                                                work / "baseline", env), 1)
+        baseline_env = env
+        if args.baseline_commit:
+            figures["baseline_commit"] = args.baseline_commit
+            baseline_env = dict(env, PYTHONPATH=str(code_at(args.baseline_commit, work)))
+        figures["baseline_iteration_s"] = round(timed_iteration(recipe_path, sized + args.overrides + baseline,
+                                                                work / "baseline", baseline_env), 1)
         figures["baseline_phase_s"] = {p: round(r["wall_s"], 1) for p, r in phase_rows(work / "baseline").items()}
     run_dir = work / "run"
-    iteration_s = timed_iteration(args.recipe, sized + args.overrides, run_dir, env)
+    iteration_s = timed_iteration(recipe_path, sized + args.overrides, run_dir, env)
     rows = phase_rows(run_dir)
     if "eval" not in rows:
         sys.exit(f"iteration 1 of {run_dir} did not reach its evaluation (kept nothing?): use more --prompts or --n")
@@ -251,7 +283,7 @@ def main() -> int:
     if "prm_score" in phases and phases["prm_score"]["tokens_per_s"] and phases["sample"]["tokens_per_s"]:
         figures["scored_vs_generated_tokens_per_s"] = round(phases["prm_score"]["tokens_per_s"]
                                                             / phases["sample"]["tokens_per_s"], 2)
-    if args.baseline:
+    if "baseline_iteration_s" in figures:
         figures["speedup_vs_baseline"] = round(figures["baseline_iteration_s"] / iteration_s, 3)
     print(json.dumps(figures))
     return 0
