@@ -25,7 +25,7 @@ import arms  # noqa: E402  (experiments/arms.py, shared by the experiments' repo
 COMPARE = ["mixed:supervised", "mixed:outcome", "outcome:supervised", "prm:outcome", "repair:outcome",
            "checked:repair", "checked:outcome", "mixed4:supervised", "mixed4:mixed", "answers:supervised",
            "answers:mixed", "mixed4:supervised5", "supervised5:supervised", "prm_prompt:outcome",
-           "prm_prompt:prm"]
+           "prm_prompt:prm", "answers190:supervised5", "answers190:answers", "answers190:mixed4"]
 
 
 def main(argv: list[str] | None = None) -> int:
