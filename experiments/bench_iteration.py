@@ -23,9 +23,9 @@ before a speed change) in its own run directory, and reports ``speedup_vs_baseli
 runs that baseline with rest-em's code as it was at that commit (exported with ``git archive``, installed
 without dependencies under ``--work``, and put first on the baseline's ``PYTHONPATH``; the same environment
 otherwise). Both iterations run from ``--work`` with absolute recipe and data paths, so neither sees the
-checkout's ``rest/`` as the current directory. Run directories and the
-MLflow store go under ``--work`` (default: a temporary directory); rerun with the same ``--work`` to resume (a
-timed iteration is not timed again; one stopped part-way is run again from its start). The last line is one JSON object.
+checkout's ``rest/`` as the current directory. Run directories and the MLflow store go under ``--work``
+(default: a temporary directory); rerun with the same ``--work`` to resume (a timed iteration is not timed
+again; one stopped part-way is run again from its start). The last line is one JSON object.
 """
 from __future__ import annotations
 
@@ -65,13 +65,16 @@ def code_at(commit: str, work: Path) -> Path:
     site = work / f"code-{commit}"
     if (site / "rest").is_dir():
         return site
-    tree = work / f"tree-{commit}"
-    tree.mkdir(parents=True, exist_ok=True)
+    tree, partial = work / f"tree-{commit}", site.with_suffix(".partial")
+    for stale in (tree, partial):  # left by an interrupted earlier call
+        shutil.rmtree(stale, ignore_errors=True)
+    tree.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site.with_suffix(".partial")), str(tree)], check=True)
-    site.with_suffix(".partial").rename(site)
+                    "--target", str(partial), str(tree)], check=True)
+    shutil.rmtree(tree)
+    partial.rename(site)
     return site
 
 
